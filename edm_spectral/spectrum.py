@@ -1,0 +1,384 @@
+"""Radially averaged power spectra of image sets, 1-D power spectral densities of waveforms,
+log-scale comparison plots and a scalar spectral distance.
+
+Conventions (the same everywhere in this module):
+- uint8 images are mapped to [-1, 1] with x / 127.5 - 1 (the training range); float images are
+  taken as they are (generator outputs are already in [-1, 1]).
+- Each image channel has its spatial mean removed before the FFT by default, so the DC bin is 0
+  and the spectrum describes structure, not brightness (`mean_remove=False` keeps it).
+- Power is |FFT2(x)|^2 with the orthonormal FFT, so the PSD summed over all frequencies equals
+  the image's energy (Parseval), independent of the resolution's normalisation.
+- After fftshift, each frequency (ky, kx) falls in the integer radial bin round(r), with
+  r = sqrt((ky/H)^2 + (kx/W)^2) * min(H, W) (the plain pixel distance from the centre for square
+  images). Bins 0 .. min(H, W) // 2 are kept: the corners beyond the Nyquist circle hold only
+  diagonal frequencies. Each bin is the mean power over its frequencies, then averaged over
+  images and channels. `freqs` are in cycles per pixel (0 .. 0.5)."""
+
+import glob
+import json
+import os
+
+import click
+import numpy as np
+import torch
+
+#----------------------------------------------------------------------------
+# Input normalisation: tensors/arrays of any supported layout to float64 [N, C, H, W].
+
+def _to_float_images(images):
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f'Expected a tensor or array of images, got {type(images).__name__}')
+    if images.ndim == 2:
+        images = images[None, None]   # [H, W]: one grayscale image
+    elif images.ndim == 3:
+        images = images[:, None]      # [N, H, W]: a batch of grayscale images
+    if images.ndim != 4:
+        raise ValueError(f'Expected images of shape [N, C, H, W], [N, H, W] or [H, W], got {list(images.shape)}')
+    if images.shape[0] == 0 or images.shape[2] < 2 or images.shape[3] < 2:
+        raise ValueError(f'Need at least one image of at least 2x2 pixels, got shape {list(images.shape)}')
+    if images.dtype == torch.uint8:
+        return images.to(torch.float64) / 127.5 - 1
+    if not images.dtype.is_floating_point:
+        raise TypeError(f'Images must be uint8 or floating point, got {images.dtype}')
+    return images.to(torch.float64)
+
+#----------------------------------------------------------------------------
+# Radial bin index of every (shifted) frequency, and the number of kept bins.
+
+def radial_bins(height, width, device='cpu'):
+    ky = torch.arange(height, device=device, dtype=torch.float64) - height // 2
+    kx = torch.arange(width, device=device, dtype=torch.float64) - width // 2
+    r = torch.sqrt((ky[:, None] / height) ** 2 + (kx[None, :] / width) ** 2) * min(height, width)
+    num_bins = min(height, width) // 2 + 1
+    return torch.round(r).to(torch.int64), num_bins
+
+#----------------------------------------------------------------------------
+# Streaming accumulator: feed image batches, read the averaged spectrum at the end.
+
+class RadialSpectrumAccumulator:
+    def __init__(self, mean_remove=True):
+        self.mean_remove = mean_remove
+        self.shape = None       # (H, W) of the first batch; every later batch must match
+        self.sums = None        # [num_bins] float64 sum over images*channels of bin means
+        self.count = 0          # number of image channels seen
+
+    def update(self, images):
+        x = _to_float_images(images)
+        if self.shape is None:
+            self.shape = tuple(x.shape[2:])
+            self.bins, self.num_bins = radial_bins(*self.shape)
+            keep = self.bins < self.num_bins
+            self.bin_index = self.bins[keep]
+            self.keep = keep
+            self.bin_count = torch.bincount(self.bin_index, minlength=self.num_bins).to(torch.float64)
+            self.sums = torch.zeros(self.num_bins, dtype=torch.float64)
+        elif tuple(x.shape[2:]) != self.shape:
+            raise ValueError(f'All images must have the same resolution: got {list(x.shape[2:])} after {list(self.shape)}')
+        x = x.cpu()
+        if self.mean_remove:
+            x = x - x.mean(dim=(2, 3), keepdim=True)
+        power = torch.fft.fftshift(torch.fft.fft2(x, norm='ortho').abs().square(), dim=(2, 3))
+        power = power.sum(dim=(0, 1))   # sum over images and channels first: binning is linear
+        self.sums += torch.bincount(self.bin_index, weights=power[self.keep], minlength=self.num_bins) / self.bin_count
+        self.count += x.shape[0] * x.shape[1]
+
+    def result(self):
+        if self.count == 0:
+            raise ValueError('No images were given')
+        freqs = np.arange(self.num_bins, dtype=np.float64) / min(self.shape)
+        return freqs, (self.sums / self.count).numpy()
+
+#----------------------------------------------------------------------------
+# Radially averaged power spectrum of a set of images.
+# `images`: a tensor/array ([N, C, H, W], [N, H, W] or [H, W]) or an iterable of such batches.
+
+def radial_power_spectrum(images, mean_remove=True):
+    acc = RadialSpectrumAccumulator(mean_remove=mean_remove)
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        acc.update(images)
+    else:
+        for batch in images:
+            acc.update(batch)
+    return acc.result()
+
+#----------------------------------------------------------------------------
+# Averaged one-sided power spectral density of waveforms (Welch's method).
+# Frames of n_fft samples every `hop` samples (default n_fft // 2), each with its mean removed
+# and a periodic Hann window applied; |rfft|^2 / (sample_rate * sum(window^2)), doubled for the
+# bins other than DC and Nyquist, averaged over frames, channels and waveforms. For one
+# waveform this equals scipy.signal.welch(x, fs, window='hann', nperseg=n_fft,
+# noverlap=n_fft-hop). Waveforms shorter than n_fft are zero-padded to one frame.
+# `waveforms`: [T], [N, T] or [N, C, T]; uint8 is rejected (not audio). Frequencies are in Hz
+# if `sample_rate` is given, else in cycles per sample.
+
+def power_spectral_density_1d(waveforms, n_fft=1024, hop=None, sample_rate=None):
+    x = torch.as_tensor(np.asarray(waveforms) if not isinstance(waveforms, torch.Tensor) else waveforms)
+    if not x.dtype.is_floating_point:
+        raise TypeError(f'Waveforms must be floating point, got {x.dtype}')
+    if x.ndim == 1:
+        x = x[None]
+    elif x.ndim == 3:
+        x = x.reshape(-1, x.shape[-1])
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f'Expected waveforms of shape [T], [N, T] or [N, C, T], got {list(np.shape(waveforms))}')
+    n_fft = int(n_fft)
+    hop = n_fft // 2 if hop is None else int(hop)
+    if n_fft < 2 or hop < 1:
+        raise ValueError(f'Need n_fft >= 2 and hop >= 1, got n_fft={n_fft}, hop={hop}')
+    fs = 1.0 if sample_rate is None else float(sample_rate)
+    x = x.to(torch.float64).cpu()
+    if x.shape[1] < n_fft:
+        x = torch.nn.functional.pad(x, [0, n_fft - x.shape[1]])
+    frames = x.unfold(1, n_fft, hop)                                   # [N, F, n_fft]
+    frames = frames - frames.mean(dim=-1, keepdim=True)
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    power = torch.fft.rfft(frames * window, dim=-1).abs().square() / (fs * window.square().sum())
+    power[..., 1:(n_fft + 1) // 2] *= 2                                # one-sided: fold negative frequencies
+    psd = power.mean(dim=(0, 1)).numpy()
+    freqs = np.fft.rfftfreq(n_fft, d=1 / fs)
+    return freqs, psd
+
+#----------------------------------------------------------------------------
+# Scalar distance between two spectra: mean |log10 psd - log10 psd_ref| over the bins, excluding
+# DC (bin 0, zero after mean removal), overall and over the high-frequency half (bins above half
+# of the highest kept frequency). Powers are floored at `rel_floor` times the largest power of
+# either spectrum, so round-off-level bins (e.g. beside a pure tone) do not dominate.
+
+def spectral_distance(psd, psd_ref, rel_floor=1e-10):
+    psd = np.asarray(psd, dtype=np.float64)
+    psd_ref = np.asarray(psd_ref, dtype=np.float64)
+    if psd.ndim != 1 or psd.shape != psd_ref.shape:
+        raise ValueError(f'Spectra must be 1-D with the same number of bins (same resolution or n_fft), got {psd.shape} and {psd_ref.shape}')
+    if psd.shape[0] < 3:
+        raise ValueError(f'Need at least 3 frequency bins, got {psd.shape[0]}')
+    floor = max(rel_floor * max(psd.max(), psd_ref.max()), np.finfo(np.float64).tiny)
+    diff = np.abs(np.log10(np.maximum(psd, floor)) - np.log10(np.maximum(psd_ref, floor)))[1:]
+    k = np.arange(1, psd.shape[0])
+    high = diff[k > (psd.shape[0] - 1) / 2]
+    return dict(overall=float(diff.mean()), high=float(high.mean()))
+
+#----------------------------------------------------------------------------
+# Log-scale plot of several spectra, the reference drawn as a dashed black line (paper Fig. 2).
+# `spectra`: {name: (freqs, psd)}. Uses matplotlib's Agg canvas directly (no global backend).
+
+def plot_spectra(spectra, path, ref_name=None, title='Radially averaged power spectrum', xlabel='frequency (cycles/pixel)', ylabel='power'):
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    if not spectra:
+        raise ValueError('No spectra to plot')
+    if ref_name is not None and ref_name not in spectra:
+        raise ValueError(f'Reference {ref_name!r} is not one of the spectra: {sorted(spectra)}')
+    fig = Figure(figsize=(6, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, (freqs, psd) in spectra.items():
+        freqs, psd = np.asarray(freqs), np.asarray(psd)
+        ok = psd > 0   # log scale: drop empty bins (the DC bin after mean removal)
+        style = dict(color='black', linestyle='--', linewidth=2) if name == ref_name else dict(linewidth=1.5)
+        ax.semilogy(freqs[ok], psd[ok], label=name, **style)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+#----------------------------------------------------------------------------
+# Image sources for the CLI: a folder or zip (via ImageFolderDataset), an .npy/.npz array,
+# or a network pickle with seeds.
+
+def iter_dataset_images(path, num=None, seed=0, batch=256):
+    from training.dataset import ImageFolderDataset
+    dataset = ImageFolderDataset(path=path, max_size=num, random_seed=seed)
+    if num is not None and len(dataset) < num:
+        raise click.ClickException(f'{path} holds only {len(dataset)} images, fewer than --num={num}')
+    for start in range(0, len(dataset), batch):
+        yield torch.from_numpy(np.stack([dataset[i][0] for i in range(start, min(start + batch, len(dataset)))]))
+
+def load_array_images(path):
+    data = np.load(path)
+    if isinstance(data, np.lib.npyio.NpzFile):
+        keys = list(data.keys())
+        if len(keys) != 1:
+            raise click.ClickException(f'{path}: expected one array in the .npz, found {keys}')
+        data = data[keys[0]]
+    return torch.from_numpy(data)
+
+def generate_network_images(network, seeds, device, batch=64, **sampler_kwargs):
+    from edm_spectral.checkpoints import load_network
+    from generate import generate_images
+    net = load_network(network, device=device)
+    return generate_images(net, seeds=seeds, device=device, max_batch_size=batch, **sampler_kwargs)
+
+def spectrum_of_source(source, num=None, seed=0, mean_remove=True, seeds=None, device='cpu', batch=64):
+    if source.endswith('.pkl'):
+        if seeds is None:
+            raise click.ClickException(f'{source} is a network: give --seeds to generate images from it')
+        return radial_power_spectrum(generate_network_images(source, seeds, device, batch=batch), mean_remove=mean_remove)
+    if not os.path.exists(source):
+        raise click.ClickException(f'No such file or directory: {source}')
+    if source.endswith(('.npy', '.npz')):
+        return radial_power_spectrum(load_array_images(source), mean_remove=mean_remove)
+    return radial_power_spectrum(iter_dataset_images(source, num=num, seed=seed), mean_remove=mean_remove)
+
+#----------------------------------------------------------------------------
+# Audio sources for the CLI: a .wav file or a folder of them (scipy.io.wavfile), each averaged.
+
+def psd_of_audio_source(source, n_fft=1024, hop=None):
+    import scipy.io.wavfile
+    files = sorted(glob.glob(os.path.join(source, '**', '*.wav'), recursive=True)) if os.path.isdir(source) else [source]
+    if not files or not os.path.isfile(files[0]):
+        raise click.ClickException(f'No .wav files found at {source}')
+    sums, rate = None, None
+    for f in files:
+        sr, wav = scipy.io.wavfile.read(f)
+        if rate is not None and sr != rate:
+            raise click.ClickException(f'{f}: sample rate {sr} differs from {rate} of the other files')
+        rate = sr
+        if wav.dtype.kind in 'iu':
+            info = np.iinfo(wav.dtype)
+            wav = (wav.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+        wav = wav.T if wav.ndim == 2 else wav   # [T, C] -> [C, T]
+        freqs, psd = power_spectral_density_1d(wav, n_fft=n_fft, hop=hop, sample_rate=sr)
+        sums = psd if sums is None else sums + psd
+    return freqs, sums / len(files)
+
+#----------------------------------------------------------------------------
+
+def parse_int_list(s):
+    if s is None or isinstance(s, list):
+        return s
+    ranges = []
+    for p in s.split(','):
+        if '-' in p:
+            a, b = p.split('-')
+            ranges.extend(range(int(a), int(b) + 1))
+        else:
+            ranges.append(int(p))
+    return ranges
+
+def _name_of(path):
+    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+def _write_json(path, obj):
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(obj, f, indent=2)
+
+#----------------------------------------------------------------------------
+
+@click.group()
+def cmdline():
+    """Power spectra of image sets and waveforms, plots against a reference, spectral distances.
+
+    \b
+    Examples:
+    python -m edm_spectral.spectrum compute --images=datasets/cifar10-32x32.zip --dest=out/cifar-psd.json
+    python -m edm_spectral.spectrum compare --ref=datasets/cifar10-32x32.zip --num=10000 \\
+        --set=out/baseline --set=out/spectral --plot=out/spectra.png --json=out/distances.json
+    python -m edm_spectral.spectrum compare --ref=edm-cifar10-32x32-uncond-vp.pkl --seeds=0-999 \\
+        --set=fine-tuned.pkl --plot=out/spectra.png
+    python -m edm_spectral.spectrum compare-audio --ref=data/LJSpeech-1.1/wavs --set=out/wavs --plot=out/psd.png
+    """
+
+#----------------------------------------------------------------------------
+
+_source_help = 'Image folder, zip, .npy/.npz array (uint8 NCHW or float in [-1,1]), or network .pkl (with --seeds)'
+
+@cmdline.command()
+@click.option('--images', 'source', help=_source_help, metavar='PATH', type=str, required=True)
+@click.option('--dest',             help='Output JSON with freqs and psd', metavar='JSON', type=str, required=True)
+@click.option('--num',              help='Use a random subset of this many images  [default: all]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--seed',             help='Random seed of the subset', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--seeds',            help='Seeds for a network source, e.g. 0-999', metavar='LIST', type=parse_int_list)
+@click.option('--keep-mean',        help='Do not remove each image\'s mean before the FFT', is_flag=True)
+@click.option('--device',           help='Device for generating from a network  [default: cuda if available]', metavar='STR', type=str)
+def compute(source, dest, num, seed, seeds, keep_mean, device):
+    """Radially averaged power spectrum of one image set, written as JSON."""
+    device = _resolve_device(device)
+    freqs, psd = spectrum_of_source(source, num=num, seed=seed, mean_remove=not keep_mean, seeds=seeds, device=device)
+    _write_json(dest, dict(source=source, freqs=freqs.tolist(), psd=psd.tolist(), mean_removed=not keep_mean))
+    print(f'Wrote {len(psd)} radial bins to {dest}')
+
+#----------------------------------------------------------------------------
+
+@cmdline.command()
+@click.option('--ref',          help='Reference: ' + _source_help, metavar='PATH', type=str, required=True)
+@click.option('--set', 'sets',  help='Set to compare (repeatable), same kinds as --ref', metavar='PATH', type=str, multiple=True, required=True)
+@click.option('--plot',         help='Output PNG of all spectra', metavar='PNG', type=str)
+@click.option('--json', 'dest', help='Output JSON with spectra and distances', metavar='JSON', type=str)
+@click.option('--num',          help='Use a random subset of this many images per folder/zip  [default: all]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--seed',         help='Random seed of the subsets', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--seeds',        help='Seeds for network sources, e.g. 0-999', metavar='LIST', type=parse_int_list)
+@click.option('--keep-mean',    help='Do not remove each image\'s mean before the FFT', is_flag=True)
+@click.option('--device',       help='Device for generating from networks  [default: cuda if available]', metavar='STR', type=str)
+def compare(ref, sets, plot, dest, num, seed, seeds, keep_mean, device):
+    """Compare the spectra of several image sets with a reference (plot + distances)."""
+    device = _resolve_device(device)
+    kw = dict(num=num, seed=seed, mean_remove=not keep_mean, seeds=seeds, device=device)
+    spectra = {'reference': spectrum_of_source(ref, **kw)}
+    for s in sets:
+        spectra[_unique_name(_name_of(s), spectra)] = spectrum_of_source(s, **kw)
+    _report(spectra, plot, dest, xlabel='frequency (cycles/pixel)', title='Radially averaged power spectrum')
+
+#----------------------------------------------------------------------------
+
+@cmdline.command('compare-audio')
+@click.option('--ref',          help='Reference .wav file or folder of .wav files', metavar='PATH', type=str, required=True)
+@click.option('--set', 'sets',  help='Set to compare (repeatable): .wav file or folder', metavar='PATH', type=str, multiple=True, required=True)
+@click.option('--plot',         help='Output PNG of all PSDs', metavar='PNG', type=str)
+@click.option('--json', 'dest', help='Output JSON with PSDs and distances', metavar='JSON', type=str)
+@click.option('--n-fft',        help='Welch frame length', metavar='INT', type=click.IntRange(min=2), default=1024, show_default=True)
+@click.option('--hop',          help='Welch hop  [default: n_fft/2]', metavar='INT', type=click.IntRange(min=1))
+def compare_audio(ref, sets, plot, dest, n_fft, hop):
+    """Compare averaged power spectral densities of waveform sets with a reference."""
+    spectra = {'reference': psd_of_audio_source(ref, n_fft=n_fft, hop=hop)}
+    for s in sets:
+        spectra[_unique_name(_name_of(s), spectra)] = psd_of_audio_source(s, n_fft=n_fft, hop=hop)
+    _report(spectra, plot, dest, xlabel='frequency (Hz)', title='Power spectral density (Welch)')
+
+#----------------------------------------------------------------------------
+
+def _resolve_device(device):
+    if device is None:
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return torch.device(device)
+
+def _unique_name(name, taken):
+    out, i = name, 1
+    while out in taken:
+        i += 1
+        out = f'{name}-{i}'
+    return out
+
+def _report(spectra, plot, dest, xlabel, title):
+    ref = spectra['reference']
+    distances = {}
+    for name, (freqs, psd) in spectra.items():
+        if name == 'reference':
+            continue
+        if psd.shape != ref[1].shape:
+            raise click.ClickException(f'{name}: {len(psd)} frequency bins vs {len(ref[1])} in the reference (different resolution or n_fft)')
+        distances[name] = spectral_distance(psd, ref[1])
+        print(f'{name:30s} overall {distances[name]["overall"]:.4f}   high-frequency half {distances[name]["high"]:.4f}')
+    if plot:
+        plot_spectra(spectra, plot, ref_name='reference', xlabel=xlabel, title=title)
+        print(f'Wrote {plot}')
+    if dest:
+        _write_json(dest, dict(distances=distances, spectra={n: dict(freqs=f.tolist(), psd=p.tolist()) for n, (f, p) in spectra.items()}))
+        print(f'Wrote {dest}')
+    return distances
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    cmdline()
+
+#----------------------------------------------------------------------------
