@@ -1,0 +1,1 @@
+"""Torch helpers shared by training, sampling and checkpoint code; also the names that released EDM pickles import."""
