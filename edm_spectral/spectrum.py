@@ -195,7 +195,10 @@ def plot_spectra(spectra, path, ref_name=None, title='Radially averaged power sp
 
 def iter_dataset_images(path, num=None, seed=0, batch=256):
     from training.dataset import ImageFolderDataset
-    dataset = ImageFolderDataset(path=path, max_size=num, random_seed=seed)
+    try:
+        dataset = ImageFolderDataset(path=path, max_size=num, random_seed=seed)
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e))
     if num is not None and len(dataset) < num:
         raise click.ClickException(f'{path} holds only {len(dataset)} images, fewer than --num={num}')
     for start in range(0, len(dataset), batch):
@@ -347,9 +350,11 @@ def compare_audio(ref, sets, plot, dest, n_fft, hop):
 #----------------------------------------------------------------------------
 
 def _resolve_device(device):
-    if device is None:
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    return torch.device(device)
+    from torch_utils import distributed as dist
+    try:
+        return dist.resolve_device(device)
+    except ValueError as e:
+        raise click.ClickException(str(e))
 
 def _unique_name(name, taken):
     out, i = name, 1

@@ -1,0 +1,125 @@
+"""Feature detectors for FID/KID: loading the standard Inception pickle, and a small seeded
+stand-in for tests and offline smoke runs.
+
+Every detector is called as `detector(images, return_features=True)` with uint8 [N, 3, H, W]
+images (any H, W) and returns [N, D] float features; `feature_dim` gives D."""
+
+import os
+import pickle
+
+import numpy as np
+import torch
+
+#----------------------------------------------------------------------------
+# The standard FID detector of StyleGAN/EDM (2048-d pool features of Inception-v3, TF weights).
+
+DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
+DETECTOR_NAME = 'inception-2015-12-05'
+STANDIN_NAME = 'standin'
+
+#----------------------------------------------------------------------------
+# Stand-in detector: three random ReLU conv stages (stride 1, 2, 2) with weights drawn from a
+# fixed seed, each stage contributing its spatially averaged channels to the feature vector.
+# Deterministic across machines and runs, sensitive to colour, texture and scale statistics.
+# Its FID values are NOT comparable to published FIDs (those need Inception features).
+
+class StandinDetector(torch.nn.Module):
+    def __init__(self, feature_dim=256, seed=0):
+        super().__init__()
+        if feature_dim < 8:
+            raise ValueError(f'feature_dim must be at least 8, got {feature_dim}')
+        self.feature_dim = feature_dim
+        self.seed = seed
+        gen = torch.Generator().manual_seed(seed)
+        widths = [feature_dim // 8, feature_dim // 4]
+        widths.append(feature_dim - sum(widths))
+        in_ch = 3
+        for i, out_ch in enumerate(widths):
+            fan_in = in_ch * 9
+            self.register_buffer(f'weight{i}', torch.randn([out_ch, in_ch, 3, 3], generator=gen) * np.sqrt(2 / fan_in))
+            self.register_buffer(f'bias{i}', torch.randn([out_ch], generator=gen) * 0.1)
+            in_ch = out_ch
+        self.num_stages = len(widths)
+
+    def forward(self, images, return_features=True):
+        # return_features is accepted for call compatibility; the stand-in has no classifier head.
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f'Detector expects uint8 images of shape [N, 3, H, W], got {list(images.shape)}')
+        if images.dtype != torch.uint8:
+            raise TypeError(f'Detector expects uint8 images, got {images.dtype}')
+        x = images.to(torch.float32) / 127.5 - 1
+        feats = []
+        for i in range(self.num_stages):
+            stride = 1 if i == 0 else 2
+            x = torch.nn.functional.conv2d(x, getattr(self, f'weight{i}'), getattr(self, f'bias{i}'), stride=stride, padding=1)
+            x = torch.relu(x)
+            feats.append(x.mean(dim=(2, 3)))
+        return torch.cat(feats, dim=1)
+
+#----------------------------------------------------------------------------
+# The file dnnlib.util.open_url() looks for before downloading `url`: a manually downloaded
+# detector placed there is used offline.
+
+def detector_cache_path(url=DETECTOR_URL):
+    import hashlib
+    import re
+    import urllib.parse
+    import dnnlib.util
+    safe_name = re.sub(r'[^0-9a-zA-Z_.-]', '_', os.path.basename(urllib.parse.urlparse(url).path)) or 'download'
+    return dnnlib.util.make_cache_dir_path('downloads', hashlib.md5(url.encode('utf-8')).hexdigest() + '_' + safe_name)
+
+def _missing_detector_message(url, reason):
+    return (f'Could not load the FID feature detector from {url}\n'
+        f'  ({reason.splitlines()[0]})\n'
+        f'Download it on a machine with internet access, e.g.\n'
+        f'  wget -O inception-2015-12-05.pkl {url}\n'
+        f'then either pass --detector=PATH/TO/inception-2015-12-05.pkl, or put it in the download cache as\n'
+        f'  {detector_cache_path(url)}\n'
+        f'(the cache follows $DNNLIB_CACHE_DIR, default ~/.cache/dnnlib).\n'
+        f'For an offline smoke test only, --detector=standin uses a random stand-in (values not comparable).')
+
+#----------------------------------------------------------------------------
+# Load a detector: 'standin', a local pickle path, or a URL (default: the standard Inception).
+# Returns (detector module on `device` in eval mode, name recorded in statistics files).
+# NOTE: unpickling executes code stored in the file; only load detectors from sources you trust.
+
+def load_detector(detector=None, device=torch.device('cpu'), verbose=True):
+    if detector is None or detector in ('', 'inception', DETECTOR_NAME):
+        detector = DETECTOR_URL
+    if detector == STANDIN_NAME:
+        return StandinDetector().eval().requires_grad_(False).to(device), STANDIN_NAME
+
+    import dnnlib.util
+    if os.path.isfile(detector):
+        path = detector
+    elif dnnlib.util.is_url(detector):
+        path = None
+    else:
+        raise FileNotFoundError(f'Detector not found: {detector!r} is neither an existing file, a URL, nor "standin"')
+
+    if path is None:
+        try:
+            path = dnnlib.util.open_url(detector, cache=True, verbose=verbose, num_attempts=3, return_filename=True)
+        except Exception as e:
+            raise RuntimeError(_missing_detector_message(detector, f'{type(e).__name__}: {e}')) from e
+    try:
+        with open(path, 'rb') as f:
+            net = pickle.load(f)
+    except Exception as e:
+        raise RuntimeError(f'{path} is not a loadable detector pickle ({type(e).__name__}: {e}); '
+            f'delete it and download it again from {DETECTOR_URL}') from e
+    if not callable(net):
+        raise RuntimeError(f'{path} does not hold a detector module (got {type(net).__name__})')
+    net = net.to(device)
+    if hasattr(net, 'eval'):
+        net.eval()
+    name = STANDIN_NAME if isinstance(net, StandinDetector) else DETECTOR_NAME if DETECTOR_NAME in os.path.basename(path) else os.path.basename(path)
+    return net, name
+
+#----------------------------------------------------------------------------
+# Feature dimension of a detector: its `feature_dim` attribute, else that of Inception.
+
+def detector_feature_dim(detector):
+    return int(getattr(detector, 'feature_dim', 2048))
+
+#----------------------------------------------------------------------------
