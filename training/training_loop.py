@@ -7,7 +7,6 @@ import json
 import time
 import pickle
 import signal
-import itertools
 import numpy as np
 import torch
 import dnnlib
@@ -63,18 +62,6 @@ def _set_rng_state(state, device):
         torch.cuda.set_rng_state(state['cuda'], device)
 
 #----------------------------------------------------------------------------
-# Sampler wrapper that drops the first `skip` indices, so that a resumed run draws exactly
-# the images the uninterrupted run would have drawn (the window shuffle is replayed).
-
-class _SkipSampler(torch.utils.data.Sampler):
-    def __init__(self, sampler, skip):
-        self.sampler = sampler
-        self.skip = int(skip)
-
-    def __iter__(self):
-        return itertools.islice(iter(self.sampler), self.skip, None)
-
-#----------------------------------------------------------------------------
 # Atomic writes: a stop or crash while saving never leaves a truncated file behind.
 
 def _atomic_write(path, write_fn):
@@ -116,29 +103,29 @@ def _save_grid(net, grid_seeds, device, path):
 # Main training loop.
 
 def training_loop(
-    run_dir             = '.',      # Output directory.
-    dataset_kwargs      = {},       # Options for training set.
-    data_loader_kwargs  = {},       # Options for torch.utils.data.DataLoader.
-    network_kwargs      = {},       # Options for model and preconditioning.
-    loss_kwargs         = {},       # Options for loss function.
-    optimizer_kwargs    = {},       # Options for optimizer.
-    augment_kwargs      = None,     # Options for augmentation pipeline, None = disable.
-    seed                = 0,        # Global random seed.
-    batch_size          = 512,      # Total batch size for one training iteration.
-    batch_gpu           = None,     # Limit batch size per GPU, None = no limit.
-    total_kimg          = 200000,   # Training duration, measured in thousands of training images.
-    ema_halflife_kimg   = 500,      # Half-life of the exponential moving average (EMA) of model weights.
-    ema_rampup_ratio    = 0.05,     # EMA ramp-up coefficient, None = no rampup.
-    lr_rampup_kimg      = 10000,    # Learning rate ramp-up duration, 0 = full rate from the start.
-    loss_scaling        = 1,        # Loss scaling factor for reducing FP16 under/overflows.
-    kimg_per_tick       = 50,       # Interval of progress prints.
-    snapshot_ticks      = 50,       # How often to save network snapshots, None = disable.
-    state_dump_ticks    = 500,      # How often to dump training state, None = disable.
-    resume_pkl          = None,     # Start from the given network snapshot, None = random initialization.
-    resume_state_dump   = None,     # Start from the given training state, None = reset training state.
-    resume_kimg         = 0,        # Start from the given training progress (states without cur_nimg).
-    cudnn_benchmark     = True,     # Enable torch.backends.cudnn.benchmark?
-    device              = None,     # Device, None = from torch_utils.distributed.init().
+    run_dir             = '.',      # Run directory (written by rank 0 only).
+    dataset_kwargs      = {},       # Dataset class_name and arguments.
+    data_loader_kwargs  = {},       # Extra torch.utils.data.DataLoader arguments.
+    network_kwargs      = {},       # Preconditioner class_name and network arguments.
+    loss_kwargs         = {},       # Loss class_name and arguments (incl. spectral_kwargs).
+    optimizer_kwargs    = {},       # Optimizer class_name and arguments; 'lr' is the peak rate.
+    augment_kwargs      = None,     # AugmentPipe class_name and arguments; None = no augmentation.
+    seed                = 0,        # Seed shared by all ranks (each rank derives its own streams).
+    batch_size          = 512,      # Images per optimizer step, summed over all processes.
+    batch_gpu           = None,     # Micro-batch per process (gradient accumulation); None = whole share.
+    total_kimg          = 200000,   # Stop after this many thousand images (float allowed).
+    ema_halflife_kimg   = 500,      # EMA half-life in thousands of images.
+    ema_rampup_ratio    = 0.05,     # Cap the half-life at this fraction of the images seen; None = no cap.
+    lr_rampup_kimg      = 10000,    # Linear LR warm-up in kimg; 0 = full rate from the first step.
+    loss_scaling        = 1,        # Static factor on the loss before backward (fp16 range).
+    kimg_per_tick       = 50,       # Status line and maintenance every this many kimg.
+    snapshot_ticks      = 50,       # Network snapshot every this many ticks; None = never.
+    state_dump_ticks    = 500,      # Training state every this many ticks; None = never.
+    resume_pkl          = None,     # Snapshot whose 'ema' initializes net and EMA; None = random init.
+    resume_state_dump   = None,     # training-state-*.pt to continue from; None = fresh optimizer.
+    resume_kimg         = 0,        # Progress to start from when the state does not record cur_nimg.
+    cudnn_benchmark     = True,     # torch.backends.cudnn.benchmark.
+    device              = None,     # Device, None = cuda if available, else cpu.
     grid_seeds          = None,     # Seeds of a sample grid written with every snapshot, None = no grid.
     export_net          = 'ema',    # What the snapshots store under 'ema': 'ema' or 'raw' (the trained net).
     trust_code          = False,    # Allow resume_pkl/resume_state_dump to execute code embedded in pickles?
@@ -148,9 +135,9 @@ def training_loop(
     if export_net not in ('ema', 'raw'):
         raise ValueError(f'export_net must be "ema" or "raw", got {export_net!r}')
 
-    # Initialize.
+    # Devices, per-rank seeds and precision flags.
     start_time = time.time()
-    device = dist.init(device) if device is None else torch.device(device)
+    device = dist.init(device) # idempotent; resolves None/'cuda' to this process' device
     rank, world_size = dist.get_rank(), dist.get_world_size()
     np.random.seed((seed * world_size + rank) % (1 << 31))
     torch.manual_seed(np.random.randint(1 << 31))
@@ -159,7 +146,7 @@ def training_loop(
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
-    # Select batch size per GPU.
+    # Per-process micro-batch and number of accumulation rounds.
     batch_gpu_total = batch_size // world_size
     if batch_gpu is None or batch_gpu > batch_gpu_total:
         batch_gpu = batch_gpu_total
@@ -176,18 +163,16 @@ def training_loop(
     cur_nimg = int(state['cur_nimg']) if state is not None and 'cur_nimg' in state else int(resume_kimg * 1000)
     data_nimg = int(state['data_nimg']) if state is not None and 'data_nimg' in state else 0
 
-    # Load dataset.
+    # Data: an endless shuffled stream, started where the saved run left it.
     dist.print0('Loading dataset...')
-    dataset_obj = dnnlib.util.construct_class_by_name(**dataset_kwargs) # subclass of training.dataset.Dataset
-    dataset_sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=rank, num_replicas=world_size, seed=seed)
-    if data_nimg > 0:
-        dataset_sampler = _SkipSampler(dataset_sampler, data_nimg // world_size)
+    dataset_obj = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+    dataset_sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=rank, num_replicas=world_size, seed=seed, start_idx=data_nimg)
     dataset_iterator = iter(torch.utils.data.DataLoader(dataset=dataset_obj, sampler=dataset_sampler, batch_size=batch_gpu, **data_loader_kwargs))
 
-    # Construct network.
+    # Network, with a summary printed by rank 0.
     dist.print0('Constructing network...')
     interface_kwargs = dict(img_resolution=dataset_obj.resolution, img_channels=dataset_obj.num_channels, label_dim=dataset_obj.label_dim)
-    net = dnnlib.util.construct_class_by_name(**network_kwargs, **interface_kwargs) # subclass of torch.nn.Module
+    net = dnnlib.util.construct_class_by_name(**network_kwargs, **interface_kwargs)
     net.train().requires_grad_(True).to(device)
     if rank == 0:
         with torch.no_grad():
@@ -196,18 +181,18 @@ def training_loop(
             labels = torch.zeros([batch_gpu, net.label_dim], device=device)
             misc.print_module_summary(net, [images, sigma, labels], max_nesting=2)
 
-    # Setup optimizer.
+    # Loss, optimizer, augmentation, DDP wrapper and EMA copy.
     dist.print0('Setting up optimizer...')
-    loss_fn = dnnlib.util.construct_class_by_name(**loss_kwargs) # training.loss.(VP|VE|EDM|DDPM)Loss
-    optimizer = dnnlib.util.construct_class_by_name(params=net.parameters(), **optimizer_kwargs) # subclass of torch.optim.Optimizer
-    augment_pipe = dnnlib.util.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None # training.augment.AugmentPipe
+    loss_fn = dnnlib.util.construct_class_by_name(**loss_kwargs)
+    optimizer = dnnlib.util.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
+    augment_pipe = dnnlib.util.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
     if world_size > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
     else:
         ddp = net
     ema = copy.deepcopy(net).eval().requires_grad_(False)
 
-    # Resume training from previous snapshot.
+    # Initial weights from a snapshot, then the saved training state on top.
     if resume_pkl is not None:
         dist.print0(f'Loading network weights from "{resume_pkl}"...')
         from edm_spectral.checkpoints import load_snapshot
@@ -218,7 +203,7 @@ def training_loop(
             dist.barrier()
         misc.copy_params_and_buffers(src_module=data['ema'], dst_module=net, require_all=False)
         misc.copy_params_and_buffers(src_module=data['ema'], dst_module=ema, require_all=False)
-        del data # conserve memory
+        del data
     if state is not None:
         src = state['net']
         if isinstance(src, torch.nn.Module):
@@ -234,9 +219,9 @@ def training_loop(
         elif rng_states is not None:
             dist.print0(f'Warning: the training state was written by {len(rng_states)} processes, not {world_size}; '
                 'the random streams and data order are not resumed exactly.')
-        del state, src # conserve memory
+        del state, src
 
-    # Train.
+    # Main loop: one optimizer step per iteration, maintenance once per tick.
     dist.print0(f'Training for {total_kimg} kimg...')
     dist.print0()
     tick_start_nimg = cur_nimg
@@ -251,7 +236,7 @@ def training_loop(
     try:
         while True:
 
-            # Accumulate gradients.
+            # Forward and backward over the micro-batches; DDP syncs on the last one only.
             optimizer.zero_grad(set_to_none=True)
             loss_fn.cur_kimg = cur_nimg / 1000 # read by the spectral warm-up
             for round_idx in range(num_accumulation_rounds):
@@ -263,7 +248,7 @@ def training_loop(
                     training_stats.report('Loss/loss', loss)
                     loss.sum().mul(loss_scaling / batch_gpu_total).backward()
 
-            # Update weights.
+            # Optimizer step at the ramped learning rate, with non-finite gradients clamped.
             lr_factor = learning_rate_factor(cur_nimg, lr_rampup_kimg)
             for g in optimizer.param_groups:
                 g['lr'] = optimizer_kwargs['lr'] * lr_factor
@@ -278,7 +263,7 @@ def training_loop(
                 for p_ema, p_net in zip(ema.parameters(), net.parameters()):
                     p_ema.copy_(p_net.detach().lerp(p_ema, beta))
 
-            # Perform maintenance tasks once per tick.
+            # Progress, stop requests, and whether this step ends a tick.
             cur_nimg += batch_size
             data_nimg += batch_size
             done = (cur_nimg >= total_kimg * 1000)
@@ -294,7 +279,7 @@ def training_loop(
             if (not done) and (cur_tick != 0) and (cur_nimg < tick_start_nimg + kimg_per_tick * 1000):
                 continue
 
-            # Print status line, accumulating the same information in training_stats.
+            # Status line; every field is also reported to training_stats.
             tick_end_time = time.time()
             fields = []
             fields += [f"tick {training_stats.report0('Progress/tick', cur_tick):<5d}"]
@@ -312,7 +297,7 @@ def training_loop(
                 torch.cuda.reset_peak_memory_stats(device)
             dist.print0(' '.join(fields))
 
-            # Save network snapshot.
+            # Network snapshot in the EDM pickle format (rank 0 writes it).
             if (snapshot_ticks is not None) and (done or cur_tick % snapshot_ticks == 0):
                 src = net if export_net == 'raw' else ema
                 data = dict(ema=src, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
@@ -322,15 +307,14 @@ def training_loop(
                         if world_size > 1:
                             misc.check_ddp_consistency(value)
                         data[key] = value.cpu()
-                    del value # conserve memory
                 if rank == 0:
                     last_snapshot = os.path.join(run_dir, f'network-snapshot-{cur_nimg//1000:06d}.pkl')
-                    _atomic_write(last_snapshot, lambda f: pickle.dump(data, f))
+                    _atomic_write(last_snapshot, lambda f: pickle.dump(data, f, protocol=4))
                     if grid_seeds is not None and len(grid_seeds) > 0:
                         _save_grid(data['ema'].to(device), grid_seeds, device, last_snapshot[:-len('.pkl')] + '-grid.png')
-                del data # conserve memory
+                del data
 
-            # Save full dump of the training state.
+            # Training state: EDM's net + optimizer, plus what an exact resume needs.
             if (state_dump_ticks is not None) and (done or cur_tick % state_dump_ticks == 0) and cur_tick != 0:
                 rng_state = _get_rng_state(device)
                 if world_size > 1:
@@ -344,7 +328,7 @@ def training_loop(
                     _atomic_write(os.path.join(run_dir, f'training-state-{cur_nimg//1000:06d}.pt'), lambda f: torch.save(dump, f))
                     del dump
 
-            # Update logs.
+            # One line of statistics per tick.
             training_stats.default_collector.update()
             if rank == 0:
                 if stats_jsonl is None:
@@ -353,7 +337,7 @@ def training_loop(
                 stats_jsonl.flush()
             dist.update_progress(cur_nimg // 1000, total_kimg)
 
-            # Update state.
+            # Next tick.
             cur_tick += 1
             tick_start_nimg = cur_nimg
             tick_start_time = time.time()
@@ -365,7 +349,6 @@ def training_loop(
         if stats_jsonl is not None:
             stats_jsonl.close()
 
-    # Done.
     dist.print0()
     dist.print0('Exiting...')
     return dnnlib.EasyDict(run_dir=run_dir, cur_nimg=cur_nimg, last_snapshot=last_snapshot, stopped_early=bool(_stop_requested))
