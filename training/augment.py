@@ -1,0 +1,307 @@
+"""Non-leaking augmentation pipeline in the style of StyleGAN2-ADA, as used by
+EDM: every transform is drawn per image and reported as an augmentation label
+that the network is conditioned on."""
+
+import numpy as np
+import torch
+from torch_utils import persistence
+from torch_utils import misc
+
+#----------------------------------------------------------------------------
+# Batched 3x3 / 4x4 homogeneous matrices. Each entry is a Python number or a
+# tensor of shape [N]; the result is [N, D, D] (or [D, D] if all are numbers).
+
+def _matrix(rows, device):
+    entries = [x for row in rows for x in row]
+    ref = next((x for x in entries if isinstance(x, torch.Tensor)), None)
+    if ref is None:
+        return misc.constant(np.asarray(rows, dtype=np.float32), device=device)
+    entries = [x if isinstance(x, torch.Tensor) else misc.constant(x, shape=ref.shape, device=ref.device) for x in entries]
+    d = len(rows)
+    return torch.stack(entries, dim=-1).reshape(ref.shape + (d, d))
+
+def _translate2d(tx, ty, device):
+    return _matrix([[1, 0, tx], [0, 1, ty], [0, 0, 1]], device)
+
+def _scale2d(sx, sy, device):
+    return _matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], device)
+
+def _rotate2d(theta, device):
+    c, s = torch.cos(theta), torch.sin(theta)
+    return _matrix([[c, -s, 0], [s, c, 0], [0, 0, 1]], device)
+
+def _translate3d(tx, ty, tz, device):
+    return _matrix([[1, 0, 0, tx], [0, 1, 0, ty], [0, 0, 1, tz], [0, 0, 0, 1]], device)
+
+def _scale3d(sx, sy, sz, device):
+    return _matrix([[sx, 0, 0, 0], [0, sy, 0, 0], [0, 0, sz, 0], [0, 0, 0, 1]], device)
+
+def _rotate3d(axis, theta, device):
+    # Rodrigues: cos(t) I + sin(t) [axis]_x + (1 - cos(t)) axis axis^T, in homogeneous form.
+    x, y, z = [float(v) for v in axis[:3]]
+    c, s = torch.cos(theta), torch.sin(theta)
+    k = 1 - c
+    return _matrix([
+        [x * x * k + c,     x * y * k - z * s, x * z * k + y * s, 0],
+        [y * x * k + z * s, y * y * k + c,     y * z * k - x * s, 0],
+        [z * x * k - y * s, z * y * k + x * s, z * z * k + c,     0],
+        [0, 0, 0, 1]], device)
+
+#----------------------------------------------------------------------------
+# Keep a drawn parameter only where a fresh uniform draw falls below prob;
+# elsewhere the transform is the identity (parameter 0).
+
+def _gate(w, prob, shape):
+    keep = torch.rand(shape, device=w.device) < prob
+    return torch.where(keep, w, torch.zeros_like(w))
+
+#----------------------------------------------------------------------------
+# Mirror-reflect integer coordinates into [0, size) without repeating the
+# edge pixel (period 2 * size - 2).
+
+def _reflect_index(idx, size):
+    return (size - 1) - ((size - 1) - idx % (2 * size - 2)).abs()
+
+#----------------------------------------------------------------------------
+# 2x up- and downsampling of every channel with a 1-D wavelet lowpass filter,
+# applied separably. Up: zero-stuffing + filter, output size 2*L. Down:
+# filter + stride 2, output size L + len(f)//2 - 1 for an input of size 2*L.
+
+def _upsample2x(x, f):
+    N, C, H, W = x.shape
+    pad = len(f) // 2 - 1
+    w = misc.constant(np.asarray(f, dtype=np.float32), dtype=x.dtype, device=x.device)
+    x = torch.nn.functional.conv_transpose2d(x, w.reshape(1, 1, 1, -1).repeat(C, 1, 1, 1), stride=[1, 2], padding=[0, pad], groups=C)
+    x = torch.nn.functional.conv_transpose2d(x, w.reshape(1, 1, -1, 1).repeat(C, 1, 1, 1), stride=[2, 1], padding=[pad, 0], groups=C)
+    return x
+
+def _downsample2x(x, f):
+    N, C, H, W = x.shape
+    pad = (len(f) - 1) // 2
+    w = misc.constant(np.asarray(f, dtype=np.float32), dtype=x.dtype, device=x.device)
+    x = torch.nn.functional.conv2d(x, w.reshape(1, 1, 1, -1).repeat(C, 1, 1, 1), stride=[1, 2], padding=[0, pad], groups=C)
+    x = torch.nn.functional.conv2d(x, w.reshape(1, 1, -1, 1).repeat(C, 1, 1, 1), stride=[2, 1], padding=[pad, 0], groups=C)
+    return x
+
+#----------------------------------------------------------------------------
+# Resample a batch through the inverse affine maps G_inv [N, 3, 3], which take
+# output pixel coordinates to input pixel coordinates, both measured from the
+# image centre. Reflect padding fills what the transform pulls in from outside,
+# and the warp runs at 2x resolution between sym6 up- and downsampling so that
+# bilinear sampling does not alias.
+
+def _warp(images, G_inv, f):
+    N, C, H, W = images.shape
+    device = images.device
+    f_pad = len(f) // 4 # Extra output margin (per side, at 1x) eaten by the downsampling filter.
+
+    # How far the source region reaches outside the image: transform the
+    # output corners, take the extremes over the batch, add the filter margin.
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    corners = misc.constant([[-cx, -cy, 1], [cx, -cy, 1], [cx, cy, 1], [-cx, cy, 1]], device=device)
+    src = (G_inv @ corners.t())[:, :2, :] # [N, xy, corner]
+    src = src.permute(1, 0, 2).flatten(1) # [xy, N * corner]
+    reach = torch.cat([-src, src]).max(dim=1).values # [left, top, right, bottom]
+    reach = reach + misc.constant([f_pad * 2 - cx, f_pad * 2 - cy] * 2, device=device)
+    reach = reach.clamp(min=0).minimum(misc.constant([W - 1, H - 1] * 2, device=device)) # Reflect padding needs pad < size.
+    px0, py0, px1, py1 = [int(v) for v in reach.ceil().to(torch.int32)]
+
+    # Pad; the centre of the padded image moves by half the asymmetry.
+    images = torch.nn.functional.pad(images, [px0, px1, py0, py1], mode='reflect')
+    G_inv = _translate2d((px0 - px1) / 2, (py0 - py1) / 2, device) @ G_inv
+
+    # Upsample 2x: centred coordinates double, and the half-pixel offset of
+    # the even-length filter moves the sample grid by half a pixel.
+    images = _upsample2x(images, f)
+    G_inv = _scale2d(2, 2, device) @ G_inv @ _scale2d(0.5, 0.5, device)
+    G_inv = _translate2d(-0.5, -0.5, device) @ G_inv @ _translate2d(0.5, 0.5, device)
+
+    # Warp into a 2x canvas with the filter margin, in affine_grid's [-1, 1] units.
+    out_h, out_w = (H + f_pad * 2) * 2, (W + f_pad * 2) * 2
+    G_inv = _scale2d(2 / images.shape[3], 2 / images.shape[2], device) @ G_inv @ _scale2d(out_w / 2, out_h / 2, device)
+    grid = torch.nn.functional.affine_grid(theta=G_inv[:, :2, :].to(images.dtype), size=[N, C, out_h, out_w], align_corners=False)
+    images = torch.nn.functional.grid_sample(images, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+
+    # Downsample 2x and drop the margin.
+    images = _downsample2x(images, f)
+    return images[:, :, f_pad : f_pad + H, f_pad : f_pad + W]
+
+#----------------------------------------------------------------------------
+# Augmentation pipeline. Each transform has a probability multiplier
+# (0 = off); the overall strength p scales all of them. Returns the augmented
+# images and the per-image parameters as float32 labels [N, D].
+
+@persistence.persistent_class
+class AugmentPipe:
+    def __init__(self, p=1,
+        xflip=0, yflip=0, rotate_int=0, translate_int=0, translate_int_max=0.125,
+        scale=0, rotate_frac=0, aniso=0, translate_frac=0, scale_std=0.2, rotate_frac_max=1, aniso_std=0.2, aniso_rotate_prob=0.5, translate_frac_std=0.125,
+        brightness=0, contrast=0, lumaflip=0, hue=0, saturation=0, brightness_std=0.2, contrast_std=0.5, hue_max=1, saturation_std=1,
+    ):
+        self.p                  = float(p)                  # Overall multiplier for augmentation probability.
+
+        # Pixel blitting.
+        self.xflip              = float(xflip)              # Probability multiplier for x-flip.
+        self.yflip              = float(yflip)              # Probability multiplier for y-flip.
+        self.rotate_int         = float(rotate_int)         # Probability multiplier for rotations by multiples of 90 degrees.
+        self.translate_int      = float(translate_int)      # Probability multiplier for integer translation.
+        self.translate_int_max  = float(translate_int_max)  # Range of integer translation, relative to image dimensions.
+
+        # Geometric transformations.
+        self.scale              = float(scale)              # Probability multiplier for isotropic scaling.
+        self.rotate_frac        = float(rotate_frac)        # Probability multiplier for arbitrary rotation.
+        self.aniso              = float(aniso)              # Probability multiplier for anisotropic scaling.
+        self.translate_frac     = float(translate_frac)     # Probability multiplier for fractional translation.
+        self.scale_std          = float(scale_std)          # Log2 standard deviation of isotropic scaling.
+        self.rotate_frac_max    = float(rotate_frac_max)    # Range of arbitrary rotation, 1 = full circle.
+        self.aniso_std          = float(aniso_std)          # Log2 standard deviation of anisotropic scaling.
+        self.aniso_rotate_prob  = float(aniso_rotate_prob)  # Probability of doing anisotropic scaling w.r.t. rotated coordinate frame.
+        self.translate_frac_std = float(translate_frac_std) # Standard deviation of fractional translation, relative to image dimensions.
+
+        # Color transformations.
+        self.brightness         = float(brightness)         # Probability multiplier for brightness.
+        self.contrast           = float(contrast)           # Probability multiplier for contrast.
+        self.lumaflip           = float(lumaflip)           # Probability multiplier for luma flip.
+        self.hue                = float(hue)                # Probability multiplier for hue rotation.
+        self.saturation         = float(saturation)         # Probability multiplier for saturation.
+        self.brightness_std     = float(brightness_std)     # Standard deviation of brightness.
+        self.contrast_std       = float(contrast_std)       # Log2 standard deviation of contrast.
+        self.hue_max            = float(hue_max)            # Range of hue rotation, 1 = full circle.
+        self.saturation_std     = float(saturation_std)     # Log2 standard deviation of saturation.
+
+        # Lowpass filter of the 2x resampling around the geometric warp.
+        import pywt # Lazy: this module's source is embedded in snapshots.
+        self.filter_sym6        = [float(x) for x in pywt.Wavelet('sym6').dec_lo]
+
+    def __call__(self, images):
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            raise ValueError(f'AugmentPipe expects an NCHW tensor, got {getattr(images, "shape", type(images))}')
+        N, C, H, W = images.shape
+        device = images.device
+        labels = [torch.zeros([N, 0], device=device)]
+
+        # Pixel blitting: exact, lossless moves of whole pixels.
+        if self.xflip > 0:
+            w = torch.randint(2, [N, 1, 1, 1], device=device)
+            w = _gate(w, self.xflip * self.p, [N, 1, 1, 1])
+            images = torch.where(w == 1, images.flip(3), images)
+            labels.append(w)
+
+        if self.yflip > 0:
+            w = torch.randint(2, [N, 1, 1, 1], device=device)
+            w = _gate(w, self.yflip * self.p, [N, 1, 1, 1])
+            images = torch.where(w == 1, images.flip(2), images)
+            labels.append(w)
+
+        if self.rotate_int > 0:
+            if H != W:
+                raise ValueError(f'rotate_int needs square images, got {W}x{H}')
+            w = torch.randint(4, [N, 1, 1, 1], device=device)
+            w = _gate(w, self.rotate_int * self.p, [N, 1, 1, 1])
+            flip_x = (w == 1) | (w == 2)
+            flip_y = (w == 2) | (w == 3)
+            images = torch.where(flip_x, images.flip(3), images)
+            images = torch.where(flip_y, images.flip(2), images)
+            images = torch.where((w == 1) | (w == 3), images.transpose(2, 3), images) # w quarter turns.
+            labels += [flip_x, flip_y]
+
+        if self.translate_int > 0:
+            w = torch.rand([2, N, 1, 1, 1], device=device) * 2 - 1
+            w = _gate(w, self.translate_int * self.p, [1, N, 1, 1, 1])
+            tx = (w[0] * (W * self.translate_int_max)).round().to(torch.int64) # [N, 1, 1, 1]
+            ty = (w[1] * (H * self.translate_int_max)).round().to(torch.int64)
+            xs = _reflect_index(torch.arange(W, device=device).reshape(1, 1, 1, W) - tx, W) # Content moves right by tx...
+            ys = _reflect_index(torch.arange(H, device=device).reshape(1, 1, H, 1) + ty, H) # ...and up by ty.
+            n = torch.arange(N, device=device).reshape(N, 1, 1, 1)
+            c = torch.arange(C, device=device).reshape(1, C, 1, 1)
+            images = images[n, c, ys, xs]
+            labels += [tx / (W * self.translate_int_max), ty / (H * self.translate_int_max)]
+
+        # Geometric transformations: accumulate the inverse map (output -> input).
+        I_3 = torch.eye(3, device=device)
+        G_inv = I_3
+
+        if self.scale > 0:
+            w = torch.randn([N], device=device)
+            w = _gate(w, self.scale * self.p, [N])
+            s = torch.exp2(w * self.scale_std)
+            G_inv = G_inv @ _scale2d(1 / s, 1 / s, device)
+            labels.append(w)
+
+        if self.rotate_frac > 0:
+            w = (torch.rand([N], device=device) * 2 - 1) * (np.pi * self.rotate_frac_max)
+            w = _gate(w, self.rotate_frac * self.p, [N])
+            G_inv = G_inv @ _rotate2d(w, device) # Inverse of a rotation by -w.
+            labels += [torch.cos(w) - 1, torch.sin(w)]
+
+        if self.aniso > 0:
+            w = torch.randn([N], device=device)
+            r = (torch.rand([N], device=device) * 2 - 1) * np.pi
+            w = _gate(w, self.aniso * self.p, [N])
+            r = _gate(r, self.aniso_rotate_prob, [N])
+            s = torch.exp2(w * self.aniso_std)
+            G_inv = G_inv @ _rotate2d(-r, device) @ _scale2d(1 / s, 1 / (1 / s), device) @ _rotate2d(r, device)
+            labels += [w * torch.cos(r), w * torch.sin(r)]
+
+        if self.translate_frac > 0:
+            w = torch.randn([2, N], device=device)
+            w = _gate(w, self.translate_frac * self.p, [1, N])
+            G_inv = G_inv @ _translate2d(-w[0] * (W * self.translate_frac_std), -w[1] * (H * self.translate_frac_std), device)
+            labels += [w[0], w[1]]
+
+        if G_inv is not I_3:
+            images = _warp(images, G_inv, self.filter_sym6)
+
+        # Color transformations: accumulate one 4x4 affine color matrix per image.
+        I_4 = torch.eye(4, device=device)
+        M = I_4
+        luma_axis = misc.constant(np.asarray([1, 1, 1, 0]) / np.sqrt(3), device=device)
+        luma_proj = torch.outer(luma_axis, luma_axis)
+
+        if self.brightness > 0:
+            w = torch.randn([N], device=device)
+            w = _gate(w, self.brightness * self.p, [N])
+            b = w * self.brightness_std
+            M = _translate3d(b, b, b, device) @ M
+            labels.append(w)
+
+        if self.contrast > 0:
+            w = torch.randn([N], device=device)
+            w = _gate(w, self.contrast * self.p, [N])
+            c = torch.exp2(w * self.contrast_std)
+            M = _scale3d(c, c, c, device) @ M
+            labels.append(w)
+
+        if self.lumaflip > 0:
+            w = torch.randint(2, [N, 1, 1], device=device)
+            w = _gate(w, self.lumaflip * self.p, [N, 1, 1])
+            M = (I_4 - 2 * luma_proj * w) @ M # Householder reflection of the luma axis.
+            labels.append(w)
+
+        if self.hue > 0:
+            w = (torch.rand([N], device=device) * 2 - 1) * (np.pi * self.hue_max)
+            w = _gate(w, self.hue * self.p, [N])
+            M = _rotate3d(np.asarray([1, 1, 1]) / np.sqrt(3), w, device) @ M
+            labels += [torch.cos(w) - 1, torch.sin(w)]
+
+        if self.saturation > 0:
+            w = torch.randn([N, 1, 1], device=device)
+            w = _gate(w, self.saturation * self.p, [N, 1, 1])
+            M = (luma_proj + (I_4 - luma_proj) * torch.exp2(w * self.saturation_std)) @ M
+            labels.append(w)
+
+        if M is not I_4:
+            flat = images.reshape(N, C, H * W)
+            if C == 3:
+                flat = M[:, :3, :3] @ flat + M[:, :3, 3:]
+            elif C == 1:
+                M = M[:, :3, :].mean(dim=1, keepdim=True) # Grayscale: average the RGB rows.
+                flat = flat * M[:, :, :3].sum(dim=2, keepdim=True) + M[:, :, 3:]
+            else:
+                raise ValueError(f'Color augmentations need 1 or 3 channels, got {C}')
+            images = flat.reshape(N, C, H, W)
+
+        labels = torch.cat([x.to(torch.float32).reshape(N, -1) for x in labels], dim=1)
+        return images, labels
+
+#----------------------------------------------------------------------------
