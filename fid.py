@@ -52,7 +52,7 @@ def calculate_inception_stats(image_path, detector, num_expected=None, seed=0, m
     sigma = torch.zeros([feature_dim, feature_dim], dtype=torch.float64, device=device)
     kept = []
     dist.print0(f'Calculating statistics for {num_images} images...')
-    for (batch_idx, _), (images, _labels) in zip(rank_batches, tqdm.tqdm(data_loader, unit='batch', disable=(rank != 0))):
+    for (images, _labels), (batch_idx, _) in zip(tqdm.tqdm(data_loader, unit='batch', disable=(rank != 0)), rank_batches):
         if images.shape[1] == 1:
             images = images.repeat([1, 3, 1, 1])
         with torch.no_grad():
