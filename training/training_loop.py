@@ -300,7 +300,10 @@ def training_loop(
             # Network snapshot in the EDM pickle format (rank 0 writes it).
             if (snapshot_ticks is not None) and (done or cur_tick % snapshot_ticks == 0):
                 src = net if export_net == 'raw' else ema
-                data = dict(ema=src, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
+                snapshot_loss = copy.deepcopy(loss_fn)
+                if hasattr(snapshot_loss, 'cur_kimg'):
+                    snapshot_loss.cur_kimg = 0.0 # progress lives in the training state; keep the pickle a clean constructor state
+                data = dict(ema=src, loss_fn=snapshot_loss, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
                 for key, value in data.items():
                     if isinstance(value, torch.nn.Module):
                         value = copy.deepcopy(value).eval().requires_grad_(False)

@@ -1,0 +1,365 @@
+"""Fine-tune a released (or our own) EDM snapshot with a spectral regularizer: the paper's
+image experiments as one command."""
+
+import os
+import re
+import json
+import shlex
+import subprocess
+import sys
+import click
+import torch
+import dnnlib
+from torch_utils import distributed as dist
+from edm_spectral.cli import spectral_options, spectral_kwargs_from_options
+import train
+
+#----------------------------------------------------------------------------
+# Per-dataset settings of the paper (batch per GPU, lr, dropout, augment, duration).
+
+PRESETS = {
+    'cifar10': dnnlib.EasyDict(batch_per_gpu=16, lr=2e-4, dropout=0.13, augment=0.12, duration=0.5),
+    'ffhq':    dnnlib.EasyDict(batch_per_gpu=16, lr=5e-5, dropout=0.05, augment=0.15, duration=0.5),
+    'afhqv2':  dnnlib.EasyDict(batch_per_gpu=16, lr=5e-5, dropout=0.25, augment=0.15, duration=0.5),
+}
+
+# Pick the preset from the snapshot or dataset name, else from the resolution.
+def auto_preset(names, resolution):
+    for name in names:
+        base = os.path.basename(str(name)).lower()
+        for key, pattern in [('cifar10', 'cifar'), ('afhqv2', 'afhq'), ('ffhq', 'ffhq')]:
+            if pattern in base:
+                return key, f'"{pattern}" in {os.path.basename(str(name))}'
+    if resolution <= 32:
+        return 'cifar10', f'resolution {resolution}'
+    return 'ffhq', f'resolution {resolution} (use --preset=afhqv2 for AFHQv2: dropout 0.25)'
+
+#----------------------------------------------------------------------------
+# Architecture and preconditioning as train.py names them, read from the network itself.
+
+_PRECOND_NAMES = {'EDMPrecond': 'edm', 'VPPrecond': 'vp', 'VEPrecond': 've', 'iDDPMPrecond': 'iddpm'}
+_DEFAULT_LOSSES = {'EDMPrecond': 'EDMLoss', 'VPPrecond': 'VPLoss', 'VEPrecond': 'VELoss'}
+
+def describe_network(net):
+    kwargs = net.init_kwargs
+    if kwargs.get('model_type', 'DhariwalUNet') == 'DhariwalUNet':
+        arch = 'adm'
+    else:
+        arch = 'ncsnpp' if kwargs.get('embedding_type', 'positional') == 'fourier' else 'ddpmpp'
+    return arch, _PRECOND_NAMES.get(type(net).__name__, type(net).__name__.lower())
+
+#----------------------------------------------------------------------------
+# How far the exported weights moved from the checkpoint: relative L2 of the difference,
+# over all floating-point tensors and per tensor (the per-tensor reference norm is floored
+# at an RMS of 1e-6 per element, so that zero-initialised tensors do not divide by zero).
+
+def weight_movement(ref_net, new_net):
+    ref = ref_net.state_dict()
+    new = new_net.state_dict()
+    diff_sq = ref_sq = 0.0
+    per_tensor = []
+    for name, r in ref.items():
+        if name not in new or not r.is_floating_point():
+            continue
+        r = r.detach().to(torch.float64).cpu()
+        n = new[name].detach().to(torch.float64).cpu()
+        d = (n - r).square().sum().item()
+        s = r.square().sum().item()
+        diff_sq += d
+        ref_sq += s
+        per_tensor.append((d ** 0.5 / max(s ** 0.5, 1e-6 * r.numel() ** 0.5), name))
+    if not per_tensor:
+        raise ValueError('the networks share no floating-point tensors')
+    worst = max(per_tensor)
+    return dnnlib.EasyDict(
+        relative_l2=(diff_sq ** 0.5) / max(ref_sq ** 0.5, 1e-12),
+        max_tensor_relative_l2=worst[0],
+        max_tensor_name=worst[1],
+        num_tensors=len(per_tensor),
+        num_tensors_changed=sum(1 for rel, _ in per_tensor if rel > 0),
+    )
+
+#----------------------------------------------------------------------------
+# Write weight-movement.json and print it (rank 0).
+
+def report_movement(network, run_dir, result, export, trust_code):
+    from edm_spectral.checkpoints import load_snapshot
+    ref = load_snapshot(network, trust_code=trust_code)['ema']
+    new = load_snapshot(result.last_snapshot, trust_code=trust_code)['ema']
+    move = weight_movement(ref, new)
+    info = dict(checkpoint=network, snapshot=os.path.basename(result.last_snapshot), export=export, cur_nimg=result.cur_nimg, **move)
+    with open(os.path.join(run_dir, 'weight-movement.json'), 'wt') as f:
+        json.dump(info, f, indent=2)
+    print()
+    print(f'Exported weights ({export}) vs. the checkpoint after {result.cur_nimg} images:')
+    print(f'  relative L2 of the difference, all tensors: {move.relative_l2:.3e}')
+    print(f'  largest per-tensor relative L2:             {move.max_tensor_relative_l2:.3e} ({move.max_tensor_name})')
+    print(f'  tensors changed:                            {move.num_tensors_changed} of {move.num_tensors}')
+    if move.relative_l2 < 1e-5:
+        print('  Warning: the exported weights barely moved. Check --lr, --lr-rampup, --ema and --duration, or use --export=raw.')
+    return info
+
+#----------------------------------------------------------------------------
+# The paper's grid: 4 regularizers x weighted/unweighted x VP/VE checkpoints, plus an
+# unregularized fine-tune of each checkpoint as control.
+
+SWEEP_REGULARIZERS = [
+    ['--spectral=fourier-amp'],
+    ['--spectral=fourier-amp-phase'],
+    ['--spectral=wavelet', '--spectral-wavelet=haar'],
+    ['--spectral=wavelet', '--spectral-wavelet=bior1.3'],
+]
+
+def sweep_commands(network, launcher, passthrough):
+    m = re.search(r'-(vp|ve)\.pkl$', network)
+    if not m:
+        raise click.ClickException('--sweep needs a --network ending in -vp.pkl or -ve.pkl; the other one is derived from it')
+    commands = []
+    for arch in ['vp', 've']:
+        net = network[:m.start()] + f'-{arch}.pkl'
+        base = launcher + ['fine_tune.py', f'--network={net}'] + passthrough
+        commands.append(base + ['--spectral=none', '--desc=sweep-none'])
+        for reg in SWEEP_REGULARIZERS:
+            for weight in ['weighted', '1']:
+                tag = '-'.join(x.split('=')[1] for x in reg) + ('-weighted' if weight == 'weighted' else '-unweighted')
+                commands.append(base + reg + [f'--spectral-weight={weight}', f'--desc=sweep-{tag}'])
+    return commands
+
+def run_sweep(argv, network, nproc, dry_run):
+    # Drop the sweep-only options and the --network; keep everything else for each run.
+    passthrough = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split('=')[0]
+        if name in ('--sweep', '--dry-run', '-n'):
+            continue
+        if name in ('--network', '--nproc', '--spectral', '--spectral-weight', '--spectral-wavelet', '--desc'):
+            skip = ('=' not in arg)
+            continue
+        passthrough.append(arg)
+    launcher = ['torchrun', '--standalone', f'--nproc_per_node={nproc}'] if nproc > 1 else [sys.executable]
+    commands = sweep_commands(network, launcher, passthrough)
+    for i, cmd in enumerate(commands):
+        print(f'[{i + 1}/{len(commands)}] {shlex.join(cmd)}', flush=True)
+        if not dry_run:
+            subprocess.run(cmd, check=True)
+    if dry_run:
+        print(f'Dry run: {len(commands)} commands printed, none run.')
+
+#----------------------------------------------------------------------------
+
+@click.command(context_settings=dict(show_default=True))
+
+# Main options.
+@click.option('--network',       help='Checkpoint to fine-tune (EDM pickle)', metavar='PKL|URL',     type=str, required=True)
+@click.option('--data',          help='Dataset zip or folder (dataset_tool.py format)', metavar='ZIP|DIR', type=str, required=True)
+@click.option('--outdir',        help='Parent folder of the numbered run folders', metavar='DIR',   type=str, required=True)
+@click.option('--preset',        help='Paper hyper-parameters per dataset (auto: from the names, else resolution)', type=click.Choice(['auto', 'cifar10', 'ffhq', 'afhqv2']), default='auto')
+
+# Hyperparameters (None = the preset's value).
+@click.option('--duration',      help='Images to train on, in millions  [default: preset, 0.5]', metavar='MIMG', type=click.FloatRange(min=0, min_open=True))
+@click.option('--batch',         help='Images per step over all processes  [default: 16 per process]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--batch-gpu',     help='Micro-batch per process (accumulates gradients)', metavar='INT', type=click.IntRange(min=1))
+@click.option('--lr',            help='Adam learning rate  [default: preset]', metavar='FLOAT',     type=click.FloatRange(min=0, min_open=True))
+@click.option('--lr-rampup',     help='Linear LR warm-up, 0 = full rate at once', metavar='KIMG',   type=click.FloatRange(min=0), default=10)
+@click.option('--ema',           help='Half-life of the weight EMA', metavar='KIMG',                 type=click.FloatRange(min=0), default=25)
+@click.option('--ema-rampup',    help='EMA half-life cap as a fraction of images seen, or none', metavar='RATIO|none', type=train.parse_ema_rampup, default='0.05')
+@click.option('--dropout',       help='Dropout rate  [default: preset]', metavar='FLOAT',            type=click.FloatRange(min=0, max=1))
+@click.option('--augment',       help='Augmentation probability  [default: preset]', metavar='FLOAT', type=click.FloatRange(min=0, max=1))
+@click.option('--xflip',         help='Add mirrored copies of the dataset', metavar='BOOL',          type=bool, default=False)
+@click.option('--export',        help='What snapshots store as "ema": the EMA or the raw trained net', type=click.Choice(['ema', 'raw']), default='ema')
+
+# Performance-related.
+@click.option('--fp16',          help='Run the network in float16 on CUDA  [default: as the checkpoint]', metavar='BOOL', type=bool)
+@click.option('--ls',            help='Static loss scale (use with --fp16)', metavar='FLOAT',        type=click.FloatRange(min=0, min_open=True), default=1)
+@click.option('--bench',         help='Let cuDNN pick the fastest kernels', metavar='BOOL',         type=bool, default=True)
+@click.option('--cache',         help='Keep decoded images in RAM', metavar='BOOL',                  type=bool, default=True)
+@click.option('--workers',       help='Data loading processes per GPU', metavar='INT',               type=click.IntRange(min=1), default=1)
+@click.option('--device',        help='Device  [default: cuda if available, else cpu]', metavar='cuda|cpu|cuda:N', type=str)
+
+# I/O-related.
+@click.option('--desc',          help='Suffix for the run folder name  [default: ft-<regularizer>]', metavar='STR', type=str)
+@click.option('--nosubdir',      help='Write into --outdir itself, no numbered run folder',         is_flag=True)
+@click.option('--tick',          help='Status line every this many kimg', metavar='KIMG',            type=click.FloatRange(min=0, min_open=True), default=10)
+@click.option('--snap',          help='Network snapshot every this many ticks', metavar='TICKS',     type=click.IntRange(min=1), default=10)
+@click.option('--dump',          help='Training state every this many ticks', metavar='TICKS',       type=click.IntRange(min=1), default=10)
+@click.option('--seed',          help='Random seed', metavar='INT',                                  type=int, default=0)
+@click.option('--resume',        help='Continue a fine-tune exactly from its training state', metavar='PT', type=str)
+@click.option('--grid-seeds',    help='Sample a PNG grid with these seeds at every snapshot', metavar='LIST', type=train.parse_int_list)
+@click.option('--trust-code',    help='Let pickles run their embedded code (unsafe)',               is_flag=True)
+@click.option('--sweep',         help="Run the paper's grid (4 regularizers x weighted/unweighted x VP/VE)", is_flag=True)
+@click.option('--nproc',         help='Processes per run in --sweep (torchrun when > 1)', metavar='INT', type=click.IntRange(min=1), default=1)
+@click.option('-n', '--dry-run', help='Print the options (or the sweep commands) and exit',         is_flag=True)
+
+# Spectral regularization.
+@spectral_options
+
+def main(**kwargs):
+    """Fine-tune an EDM checkpoint, optionally with a spectral regularizer, using the
+    per-dataset settings of the paper. Architecture, preconditioning, loss and
+    augmentation settings come from the checkpoint; the run folder is the same as
+    train.py's, plus weight-movement.json.
+
+    Examples:
+
+    \b
+    # AFHQv2 64x64, DDPM++ checkpoint, weighted Fourier amplitude+phase term, 8 GPUs
+    torchrun --standalone --nproc_per_node=8 fine_tune.py \\
+        --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-afhqv2-64x64-uncond-vp.pkl \\
+        --data=datasets/afhqv2-64x64.zip --outdir=runs \\
+        --spectral=fourier-amp-phase --spectral-weight=weighted
+
+    \b
+    # Print the commands of the paper's sweep for FFHQ, then run them
+    python fine_tune.py --sweep --nproc=8 --dry-run \\
+        --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-ffhq-64x64-uncond-vp.pkl \\
+        --data=datasets/ffhq-64x64.zip --outdir=runs
+    """
+    opts = dnnlib.EasyDict(kwargs)
+    if opts.sweep:
+        run_sweep(sys.argv[1:], opts.network, opts.nproc, opts.dry_run)
+        return
+    try:
+        device = dist.init(opts.device)
+    except ValueError as e:
+        raise click.ClickException(str(e))
+    if not dnnlib.util.is_url(opts.network) and not os.path.isfile(opts.network):
+        raise click.ClickException(f'--network: file not found: "{opts.network}"')
+
+    # The checkpoint: network class and arguments, loss and augmentation settings.
+    from edm_spectral.checkpoints import load_snapshot
+    dist.print0(f'Reading "{opts.network}"...')
+    if dist.get_rank() != 0:
+        dist.barrier() # rank 0 downloads first
+    try:
+        snap = load_snapshot(opts.network, trust_code=opts.trust_code)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f'--network: {e}')
+    finally:
+        if dist.get_rank() == 0:
+            dist.barrier()
+    net = snap['ema']
+    net_kwargs = dict(net.init_kwargs)
+    interface = {k: net_kwargs.pop(k) for k in ['img_resolution', 'img_channels', 'label_dim'] if k in net_kwargs}
+    arch, precond = describe_network(net)
+
+    # Dataset, checked against the network.
+    dataset_kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=opts.data,
+        use_labels=(net.label_dim > 0), xflip=opts.xflip, cache=opts.cache)
+    try:
+        dataset_obj = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+    except (IOError, ValueError) as e:
+        raise click.ClickException(f'--data: {e}')
+    if (dataset_obj.resolution, dataset_obj.num_channels) != (net.img_resolution, net.img_channels):
+        raise click.ClickException(f'--data: the dataset is {dataset_obj.num_channels}x{dataset_obj.resolution}x{dataset_obj.resolution}, '
+            f'but the network expects {net.img_channels}x{net.img_resolution}x{net.img_resolution}')
+    if dataset_obj.label_dim != net.label_dim:
+        raise click.ClickException(f'--data: the dataset has {dataset_obj.label_dim} label dimensions, the network {net.label_dim}')
+    dataset_kwargs.resolution = dataset_obj.resolution
+    dataset_kwargs.max_size = len(dataset_obj)
+    dataset_name = dataset_obj.name
+    del dataset_obj
+
+    # Preset, then explicit options on top.
+    preset_name, reason = (opts.preset, 'given') if opts.preset != 'auto' else auto_preset([opts.network, opts.data], net.img_resolution)
+    preset = PRESETS[preset_name]
+    batch = opts.batch if opts.batch is not None else preset.batch_per_gpu * dist.get_world_size()
+    lr = opts.lr if opts.lr is not None else preset.lr
+    dropout = opts.dropout if opts.dropout is not None else preset.dropout
+    augment = opts.augment if opts.augment is not None else preset.augment
+    duration = opts.duration if opts.duration is not None else preset.duration
+    if batch % dist.get_world_size() != 0:
+        raise click.ClickException(f'--batch={batch} is not divisible by the number of processes ({dist.get_world_size()})')
+
+    # Network: the checkpoint's class and arguments, with the fine-tuning dropout and precision.
+    c = dnnlib.EasyDict()
+    c.dataset_kwargs = dataset_kwargs
+    c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=(device.type == 'cuda'), num_workers=opts.workers, prefetch_factor=2)
+    c.network_kwargs = dnnlib.EasyDict(net_kwargs)
+    c.network_kwargs.class_name = f'training.networks.{type(net).__name__}'
+    c.network_kwargs.dropout = dropout
+    if opts.fp16 is not None:
+        c.network_kwargs.use_fp16 = opts.fp16
+
+    # Loss: the checkpoint's class and arguments, plus the spectral term.
+    loss_fn = snap.get('loss_fn', None)
+    if loss_fn is not None:
+        c.loss_kwargs = dnnlib.EasyDict(class_name=f'training.loss.{type(loss_fn).__name__}', **dict(loss_fn.init_kwargs))
+    elif type(net).__name__ in _DEFAULT_LOSSES:
+        c.loss_kwargs = dnnlib.EasyDict(class_name=f'training.loss.{_DEFAULT_LOSSES[type(net).__name__]}')
+    else:
+        raise click.ClickException(f'--network: the snapshot has no loss_fn and {type(net).__name__} has no default loss')
+    c.loss_kwargs.pop('spectral_kwargs', None)
+    spectral_kwargs = spectral_kwargs_from_options(opts)
+    if spectral_kwargs is not None:
+        c.loss_kwargs.spectral_kwargs = spectral_kwargs
+    c.optimizer_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=lr, betas=[0.9,0.999], eps=1e-8)
+
+    # Augmentation: the checkpoint's pipeline at the preset probability. A network with
+    # augment inputs keeps the pipe even at p=0, so that every parameter gets a gradient.
+    augment_dim = net_kwargs.get('augment_dim', 0)
+    if augment_dim > 0:
+        pipe = snap.get('augment_pipe', None)
+        c.augment_kwargs = dnnlib.EasyDict(dict(pipe.init_kwargs)) if pipe is not None else train.augment_pipe_kwargs(augment)
+        c.augment_kwargs = dnnlib.EasyDict(class_name='training.augment.AugmentPipe', **{k: v for k, v in c.augment_kwargs.items() if k != 'class_name'})
+        c.augment_kwargs.p = augment
+    elif augment > 0:
+        dist.print0(f'Note: the network has no augment-label input (augment_dim=0), so augmentation is off (preset asked for {augment}).')
+        augment = 0
+    del snap, net
+
+    # Schedule and cadence.
+    c.total_kimg = duration * 1000
+    c.ema_halflife_kimg = opts.ema
+    c.update(batch_size=batch, batch_gpu=opts.batch_gpu)
+    c.update(loss_scaling=opts.ls, cudnn_benchmark=opts.bench)
+    c.update(kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
+    c.seed = opts.seed
+    c.resume_pkl = opts.network
+    c.ema_rampup_ratio = None if opts.ema_rampup == 'none' else opts.ema_rampup
+    if opts.resume is not None:
+        r = train.resume_options(opts.resume)
+        c.resume_kimg, c.resume_state_dump = r.resume_kimg, r.resume_state_dump
+    c.lr_rampup_kimg = opts.lr_rampup
+    if opts.grid_seeds is not None:
+        c.grid_seeds = opts.grid_seeds
+    c.export_net = opts.export
+    if opts.trust_code:
+        c.trust_code = True
+
+    # Run folder name as train.py's, with the regularizer as default description.
+    if opts.desc is None:
+        kind = 'none' if spectral_kwargs is None else str(spectral_kwargs.get('kind', 'none'))
+        if kind == 'wavelet':
+            kind += '-' + str(spectral_kwargs.get('wavelet', ''))
+        if spectral_kwargs is not None:
+            w = spectral_kwargs.get('weight', 'weighted')
+            kind += '-weighted' if w == 'weighted' else f'-w{w:g}' if isinstance(w, (int, float)) else f'-{w}'
+        opts.desc = f'ft-{kind}'
+    cond_str = 'cond' if dataset_kwargs.use_labels else 'uncond'
+    dtype_str = 'fp16' if c.network_kwargs.get('use_fp16', False) else 'fp32'
+    desc = f'{dataset_name}-{cond_str}-{arch}-{precond}-gpus{dist.get_world_size()}-batch{batch}-{dtype_str}-{opts.desc}'
+
+    summary = [('Checkpoint', opts.network), ('Preset', f'{preset_name} ({reason})'), ('Dataset path', opts.data),
+        ('Network', f'{arch} / {precond}'), ('Spectral regularizer', 'none' if spectral_kwargs is None else json.dumps(spectral_kwargs)),
+        ('Batch size', batch), ('Learning rate', f'{lr:g}, ramp-up {opts.lr_rampup:g} kimg'),
+        ('EMA', f'half-life {opts.ema:g} kimg, ramp-up {c.ema_rampup_ratio}, export {opts.export}'),
+        ('Dropout / augment', f'{dropout:g} / {augment:g}'), ('Duration', f'{c.total_kimg:g} kimg')]
+    result = train.launch_training(c, desc=desc, outdir=opts.outdir, nosubdir=opts.nosubdir, dry_run=opts.dry_run, device=device, summary=summary)
+    if result is None or dist.get_rank() != 0:
+        return
+    if result.last_snapshot is None:
+        print('No snapshot was written (snapshots disabled?); skipping the weight movement report.')
+        return
+    with dnnlib.util.Logger(file_name=os.path.join(result.run_dir, 'log.txt'), file_mode='a', should_flush=True):
+        report_movement(opts.network, result.run_dir, result, opts.export, opts.trust_code)
+
+#----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    main()
+
+#----------------------------------------------------------------------------

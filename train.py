@@ -1,0 +1,336 @@
+"""Train diffusion-based generative models with the EDM recipe, optionally with a spectral
+(Fourier or wavelet) regularizer."""
+
+import os
+import re
+import json
+import click
+import torch
+import dnnlib
+from torch_utils import distributed as dist
+from training import training_loop
+from edm_spectral.cli import spectral_options, spectral_kwargs_from_options
+
+#----------------------------------------------------------------------------
+# Integers from a string like '0-3,8' (inclusive ranges), as --cres and --grid-seeds take them.
+
+def parse_int_list(s):
+    if isinstance(s, list):
+        return s
+    ranges = []
+    range_re = re.compile(r'^(\d+)-(\d+)$')
+    for p in s.split(','):
+        p = p.strip()
+        m = range_re.match(p)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise click.BadParameter(f'empty range "{p}"')
+            ranges.extend(range(lo, hi + 1))
+        else:
+            try:
+                ranges.append(int(p))
+            except ValueError:
+                raise click.BadParameter(f'"{p}" is not an integer or a range like 0-7') from None
+    return ranges
+
+#----------------------------------------------------------------------------
+# EMA ramp-up ratio: a float >= 0, or "none" to disable the ramp-up.
+
+def parse_ema_rampup(s):
+    if s is None or isinstance(s, float):
+        return s
+    if str(s).lower() == 'none':
+        return 'none'
+    try:
+        value = float(s)
+    except ValueError:
+        raise click.BadParameter(f'"{s}" is neither a number nor "none"') from None
+    if value < 0:
+        raise click.BadParameter('must be >= 0')
+    return value
+
+#----------------------------------------------------------------------------
+# Network configurations of the three architectures (EDM's train.py).
+
+def arch_network_kwargs(arch):
+    if arch == 'ddpmpp':
+        return dnnlib.EasyDict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
+            channel_mult_noise=1, resample_filter=[1,1], model_channels=128, channel_mult=[2,2,2])
+    if arch == 'ncsnpp':
+        return dnnlib.EasyDict(model_type='SongUNet', embedding_type='fourier', encoder_type='residual', decoder_type='standard',
+            channel_mult_noise=2, resample_filter=[1,3,3,1], model_channels=128, channel_mult=[2,2,2])
+    if arch == 'adm':
+        return dnnlib.EasyDict(model_type='DhariwalUNet', model_channels=192, channel_mult=[1,2,3,4])
+    raise click.ClickException(f'Unknown architecture: {arch}')
+
+# Preconditioner and loss of each --precond; ddpm is the discrete DDPM of Ho et al. on the VP network.
+PRECONDS = {
+    'vp':   ('training.networks.VPPrecond',  'training.loss.VPLoss'),
+    've':   ('training.networks.VEPrecond',  'training.loss.VELoss'),
+    'edm':  ('training.networks.EDMPrecond', 'training.loss.EDMLoss'),
+    'ddpm': ('training.networks.VPPrecond',  'training.loss.DDPMLoss'),
+}
+
+# Augmentations that EDM enables, each with probability --augment (xflip always on, labelled).
+def augment_pipe_kwargs(p):
+    return dnnlib.EasyDict(class_name='training.augment.AugmentPipe', p=p, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
+
+#----------------------------------------------------------------------------
+# Training duration in kimg from --duration in Mimg: EDM's rounding down to whole kimg (at
+# least 1); durations under 1 kimg are kept exactly, for smoke tests.
+
+def duration_to_kimg(duration):
+    kimg = duration * 1000
+    return max(int(kimg), 1) if kimg >= 1 else kimg
+
+#----------------------------------------------------------------------------
+# Numbered run directory below outdir: the largest existing leading number plus one.
+
+def next_run_dir(outdir, desc):
+    prev_ids = []
+    if os.path.isdir(outdir):
+        for name in os.listdir(outdir):
+            m = re.match(r'^\d+', name)
+            if m and os.path.isdir(os.path.join(outdir, name)):
+                prev_ids.append(int(m.group()))
+    run_dir = os.path.join(outdir, f'{max(prev_ids, default=-1) + 1:05d}-{desc}')
+    if os.path.exists(run_dir):
+        raise click.ClickException(f'Run directory already exists: {run_dir}')
+    return run_dir
+
+#----------------------------------------------------------------------------
+# Draw a seed on rank 0 and share it with all ranks.
+
+def random_seed(device):
+    seed = torch.randint(1 << 31, size=[], device=device)
+    if dist.get_world_size() > 1:
+        torch.distributed.broadcast(seed, src=0)
+    return int(seed)
+
+#----------------------------------------------------------------------------
+# Make the run directory, write training_options.json, tee the output to log.txt and train.
+
+def launch_training(c, desc, outdir, nosubdir, dry_run, device, summary):
+    if dist.get_rank() != 0:
+        c.run_dir = None
+    elif nosubdir:
+        c.run_dir = outdir
+    else:
+        c.run_dir = next_run_dir(outdir, desc)
+
+    dist.print0()
+    dist.print0('Training options:')
+    dist.print0(json.dumps(c, indent=2))
+    dist.print0()
+    dist.print0(f'Output directory:        {c.run_dir}')
+    for key, value in summary:
+        dist.print0(f'{key + ":":<24} {value}')
+    dist.print0(f'Number of processes:     {dist.get_world_size()}')
+    dist.print0(f'Device:                  {device}')
+    dist.print0()
+    if dry_run:
+        dist.print0('Dry run; exiting.')
+        return None
+
+    dist.print0('Creating output directory...')
+    logger = None
+    if dist.get_rank() == 0:
+        os.makedirs(c.run_dir, exist_ok=True)
+        with open(os.path.join(c.run_dir, 'training_options.json'), 'wt') as f:
+            json.dump(c, f, indent=2)
+        logger = dnnlib.util.Logger(file_name=os.path.join(c.run_dir, 'log.txt'), file_mode='a', should_flush=True)
+    try:
+        return training_loop.training_loop(**c, device=device)
+    finally:
+        if logger is not None:
+            logger.close()
+
+#----------------------------------------------------------------------------
+# Resolve --resume: the state file, its kimg and (when present) its sibling snapshot.
+
+def resume_options(path):
+    m = re.fullmatch(r'training-state-(\d+)\.pt', os.path.basename(path))
+    if not m:
+        raise click.ClickException(f'--resume must point to a training-state-<kimg>.pt file from a previous run, got "{path}"')
+    if not os.path.isfile(path):
+        raise click.ClickException(f'--resume: file not found: "{path}"')
+    c = dnnlib.EasyDict()
+    pkl = os.path.join(os.path.dirname(path), f'network-snapshot-{m.group(1)}.pkl')
+    if os.path.isfile(pkl):
+        c.resume_pkl = pkl
+    c.resume_kimg = int(m.group(1))
+    c.resume_state_dump = path
+    return c
+
+def check_transfer(path):
+    if not dnnlib.util.is_url(path) and not os.path.isfile(path):
+        raise click.ClickException(f'--transfer: file not found: "{path}"')
+
+#----------------------------------------------------------------------------
+
+@click.command()
+
+# Main options.
+@click.option('--outdir',        help='Parent folder of the numbered run folders', metavar='DIR',   type=str, required=True)
+@click.option('--data',          help='Dataset zip or folder (dataset_tool.py format)', metavar='ZIP|DIR', type=str, required=True)
+@click.option('--cond',          help='Class-conditional (needs labels in dataset.json)', metavar='BOOL', type=bool, default=False, show_default=True)
+@click.option('--arch',          help='Network: DDPM++, NCSN++ or ADM',                              type=click.Choice(['ddpmpp', 'ncsnpp', 'adm']), default='ddpmpp', show_default=True)
+@click.option('--precond',       help='Preconditioner and loss (ddpm = VP network with the discrete DDPM loss)', type=click.Choice(['vp', 've', 'edm', 'ddpm']), default='edm', show_default=True)
+
+# Hyperparameters.
+@click.option('--duration',      help='Images to train on, in millions', metavar='MIMG',            type=click.FloatRange(min=0, min_open=True), default=200, show_default=True)
+@click.option('--batch',         help='Images per step over all processes', metavar='INT',          type=click.IntRange(min=1), default=512, show_default=True)
+@click.option('--batch-gpu',     help='Micro-batch per process (accumulates gradients)', metavar='INT', type=click.IntRange(min=1))
+@click.option('--cbase',         help='Base channel count  [default: per --arch]', metavar='INT',    type=click.IntRange(min=1))
+@click.option('--cres',          help='Channel multipliers per resolution  [default: per --arch]', metavar='LIST', type=parse_int_list)
+@click.option('--lr',            help='Adam learning rate (peak)', metavar='FLOAT',                  type=click.FloatRange(min=0, min_open=True), default=10e-4, show_default=True)
+@click.option('--lr-rampup',     help='Linear LR warm-up, 0 = full rate at once', metavar='KIMG',   type=click.FloatRange(min=0), default=10000, show_default=True)
+@click.option('--ema',           help='Half-life of the weight EMA', metavar='MIMG',                 type=click.FloatRange(min=0), default=0.5, show_default=True)
+@click.option('--ema-rampup',    help='EMA half-life cap as a fraction of images seen  [default: 0.05; none with --transfer]', metavar='RATIO|none', type=parse_ema_rampup)
+@click.option('--dropout',       help='Dropout rate of the network', metavar='FLOAT',                type=click.FloatRange(min=0, max=1), default=0.13, show_default=True)
+@click.option('--augment',       help='Probability of each non-leaky augmentation, 0 = off', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.12, show_default=True)
+@click.option('--xflip',         help='Add mirrored copies of the dataset', metavar='BOOL',          type=bool, default=False, show_default=True)
+
+# Performance-related.
+@click.option('--fp16',          help='Run the network in float16 on CUDA', metavar='BOOL',         type=bool, default=False, show_default=True)
+@click.option('--ls',            help='Static loss scale (use with --fp16)', metavar='FLOAT',        type=click.FloatRange(min=0, min_open=True), default=1, show_default=True)
+@click.option('--bench',         help='Let cuDNN pick the fastest kernels', metavar='BOOL',         type=bool, default=True, show_default=True)
+@click.option('--cache',         help='Keep decoded images in RAM', metavar='BOOL',                  type=bool, default=True, show_default=True)
+@click.option('--workers',       help='Data loading processes per GPU', metavar='INT',               type=click.IntRange(min=1), default=1, show_default=True)
+@click.option('--device',        help='Device  [default: cuda if available, else cpu]', metavar='cuda|cpu|cuda:N', type=str)
+
+# I/O-related.
+@click.option('--desc',          help='Suffix for the run folder name', metavar='STR',              type=str)
+@click.option('--nosubdir',      help='Write into --outdir itself, no numbered run folder',         is_flag=True)
+@click.option('--tick',          help='Status line every this many kimg', metavar='KIMG',            type=click.IntRange(min=1), default=50, show_default=True)
+@click.option('--snap',          help='Network snapshot every this many ticks', metavar='TICKS',     type=click.IntRange(min=1), default=50, show_default=True)
+@click.option('--dump',          help='Training state every this many ticks', metavar='TICKS',       type=click.IntRange(min=1), default=500, show_default=True)
+@click.option('--seed',          help='Random seed  [default: drawn at random]', metavar='INT',      type=int)
+@click.option('--transfer',      help='Start from the weights of this snapshot, fresh optimizer', metavar='PKL|URL', type=str)
+@click.option('--resume',        help='Continue a run exactly from its training state', metavar='PT', type=str)
+@click.option('--grid-seeds',    help='Sample a PNG grid with these seeds at every snapshot', metavar='LIST', type=parse_int_list)
+@click.option('--trust-code',    help='Let --transfer/--resume pickles run their embedded code (unsafe)', is_flag=True)
+@click.option('-n', '--dry-run', help='Print the options and exit without training',                is_flag=True)
+
+# Spectral regularization.
+@spectral_options
+
+def main(**kwargs):
+    """Train an EDM-style diffusion model (Karras et al. 2022), optionally with a
+    Fourier or wavelet regularizer on the denoised image (docs/training.md).
+
+    Examples:
+
+    \b
+    # Class-conditional DDPM++ on CIFAR-10 with 8 GPUs (EDM's recipe)
+    torchrun --standalone --nproc_per_node=8 train.py --outdir=training-runs \\
+        --data=datasets/cifar10-32x32.zip --cond=1 --arch=ddpmpp
+
+    \b
+    # The same with the weighted Fourier amplitude regularizer
+    torchrun --standalone --nproc_per_node=8 train.py --outdir=training-runs \\
+        --data=datasets/cifar10-32x32.zip --cond=1 --arch=ddpmpp \\
+        --spectral=fourier-amp --spectral-weight=weighted
+
+    \b
+    # A smoke test on the CPU
+    python train.py --outdir=runs --data=datasets/tiny.zip --device=cpu \\
+        --cbase=16 --cres=1,2 --batch=8 --duration=0.0001 --tick=1
+    """
+    opts = dnnlib.EasyDict(kwargs)
+    try:
+        device = dist.init(opts.device)
+    except ValueError as e:
+        raise click.ClickException(str(e))
+    c = dnnlib.EasyDict()
+
+    # Data, loader and optimizer; the dataset is opened once to record its size.
+    c.dataset_kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=opts.data, use_labels=opts.cond, xflip=opts.xflip, cache=opts.cache)
+    c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=(device.type == 'cuda'), num_workers=opts.workers, prefetch_factor=2)
+    c.network_kwargs = dnnlib.EasyDict()
+    c.loss_kwargs = dnnlib.EasyDict()
+    c.optimizer_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9,0.999], eps=1e-8)
+
+    try:
+        dataset_obj = dnnlib.util.construct_class_by_name(**c.dataset_kwargs)
+        dataset_name = dataset_obj.name
+        c.dataset_kwargs.resolution = dataset_obj.resolution
+        c.dataset_kwargs.max_size = len(dataset_obj)
+        if opts.cond and not dataset_obj.has_labels:
+            raise click.ClickException('--cond=True requires labels specified in dataset.json')
+        del dataset_obj
+    except (IOError, ValueError) as err:
+        raise click.ClickException(f'--data: {err}')
+
+    # Network architecture, preconditioning and loss.
+    c.network_kwargs.update(arch_network_kwargs(opts.arch))
+    c.network_kwargs.class_name, c.loss_kwargs.class_name = PRECONDS[opts.precond]
+    spectral_kwargs = spectral_kwargs_from_options(opts)
+    if spectral_kwargs is not None:
+        c.loss_kwargs.spectral_kwargs = spectral_kwargs
+
+    # Overrides of the architecture defaults; augmentation adds the 9 augment-label inputs.
+    if opts.cbase is not None:
+        c.network_kwargs.model_channels = opts.cbase
+    if opts.cres is not None:
+        c.network_kwargs.channel_mult = opts.cres
+    if opts.augment:
+        c.augment_kwargs = augment_pipe_kwargs(opts.augment)
+        c.network_kwargs.augment_dim = 9
+    c.network_kwargs.update(dropout=opts.dropout, use_fp16=opts.fp16)
+
+    # Schedule, batch and cadence.
+    c.total_kimg = duration_to_kimg(opts.duration)
+    c.ema_halflife_kimg = int(opts.ema * 1000)
+    c.update(batch_size=opts.batch, batch_gpu=opts.batch_gpu)
+    c.update(loss_scaling=opts.ls, cudnn_benchmark=opts.bench)
+    c.update(kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
+    if opts.batch % dist.get_world_size() != 0:
+        raise click.ClickException(f'--batch={opts.batch} is not divisible by the number of processes ({dist.get_world_size()})')
+    batch_per_process = opts.batch // dist.get_world_size()
+    if opts.batch_gpu is not None and batch_per_process % min(opts.batch_gpu, batch_per_process) != 0:
+        raise click.ClickException(f'--batch-gpu={opts.batch_gpu} must divide the per-process batch {batch_per_process}')
+
+    c.seed = opts.seed if opts.seed is not None else random_seed(device)
+
+    # Seed, transfer and resume.
+    if opts.transfer is not None:
+        if opts.resume is not None:
+            raise click.ClickException('--transfer and --resume cannot be specified at the same time')
+        check_transfer(opts.transfer)
+        c.resume_pkl = opts.transfer
+        c.ema_rampup_ratio = None
+    elif opts.resume is not None:
+        c.update(resume_options(opts.resume))
+
+    # Our additions, after EDM's keys.
+    c.lr_rampup_kimg = opts.lr_rampup
+    if opts.ema_rampup is not None:
+        c.ema_rampup_ratio = None if opts.ema_rampup == 'none' else opts.ema_rampup
+    elif 'ema_rampup_ratio' not in c:
+        c.ema_rampup_ratio = 0.05
+    if opts.grid_seeds is not None:
+        c.grid_seeds = opts.grid_seeds
+    if opts.trust_code:
+        c.trust_code = True
+
+    # Run folder name: <dataset>-<cond>-<arch>-<precond>-gpus<G>-batch<B>-<dtype>[-desc].
+    cond_str = 'cond' if c.dataset_kwargs.use_labels else 'uncond'
+    dtype_str = 'fp16' if c.network_kwargs.use_fp16 else 'fp32'
+    desc = f'{dataset_name:s}-{cond_str:s}-{opts.arch:s}-{opts.precond:s}-gpus{dist.get_world_size():d}-batch{c.batch_size:d}-{dtype_str:s}'
+    if opts.desc is not None:
+        desc += f'-{opts.desc}'
+
+    summary = [('Dataset path', c.dataset_kwargs.path), ('Class-conditional', c.dataset_kwargs.use_labels),
+        ('Network architecture', opts.arch), ('Preconditioning & loss', opts.precond),
+        ('Spectral regularizer', 'none' if spectral_kwargs is None else spectral_kwargs.get('kind')),
+        ('Batch size', c.batch_size), ('Mixed-precision', c.network_kwargs.use_fp16)]
+    launch_training(c, desc=desc, outdir=opts.outdir, nosubdir=opts.nosubdir, dry_run=opts.dry_run, device=device, summary=summary)
+
+#----------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    main()
+
+#----------------------------------------------------------------------------
