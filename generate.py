@@ -4,6 +4,7 @@ generate.py for the same network, seeds and options."""
 
 import math
 import os
+import pickle
 import re
 
 import click
@@ -227,8 +228,8 @@ class StackedRandomGenerator:
 # Parse a comma separated list of integers and inclusive ranges: '0-3,10' -> [0, 1, 2, 3, 10].
 
 def parse_int_list(s):
-    if isinstance(s, (list, tuple)):
-        return list(s)
+    if not isinstance(s, str):
+        return [int(x) for x in s]  # already a sequence (list, range, tensor, ...)
     values = []
     for part in str(s).split(','):
         part = part.strip()
@@ -313,8 +314,8 @@ def _load_network(network_pkl, device, trust_code):
         dist.barrier()
     dist.print0(f'Loading network from "{network_pkl}"...')
     try:
-        net = load_network(network_pkl, trust_code=trust_code)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        net = load_network(network_pkl, trust_code=trust_code, device=device)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
         hint = '' if trust_code else ' (a pickle made by other code may load with --trust-code, which executes the code stored in it)'
         raise click.ClickException(f'cannot load network from "{network_pkl}": {e}{hint}') from e
     if dist.get_rank() == 0:
@@ -326,28 +327,28 @@ def _load_network(network_pkl, device, trust_code):
 @click.command()
 
 # Main options.
-@click.option('--network', 'network_pkl',  help='Network pickle filename', metavar='PATH|URL',                      type=str, required=True)
-@click.option('--outdir',                  help='Where to save the output images', metavar='DIR',                   type=str, required=True)
-@click.option('--seeds',                   help='Random seeds (e.g. 1,2,5-10)', metavar='LIST',                     type=parse_int_list, default='0-63', show_default=True)
-@click.option('--subdirs',                 help='Create subdirectory for every 1000 seeds',                         is_flag=True)
-@click.option('--class', 'class_idx',      help='Class label (conditional nets only)  [default: random]', metavar='INT', type=click.IntRange(min=0), default=None)
-@click.option('--batch', 'max_batch_size', help='Maximum batch size per process', metavar='INT',                    type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--network', 'network_pkl',  help='Network snapshot (pickle path or URL)', metavar='PATH|URL',          type=str, required=True)
+@click.option('--outdir',                  help='Folder for the PNGs', metavar='DIR',                                 type=str, required=True)
+@click.option('--seeds',                   help='One image per seed (e.g. 0-63,100)', metavar='LIST',                type=parse_int_list, default='0-63', show_default=True)
+@click.option('--subdirs',                 help='Group the PNGs in one folder per 1000 seeds',                       is_flag=True)
+@click.option('--class', 'class_idx',      help='Class of every image (conditional nets)  [default: random]', metavar='INT', type=click.IntRange(min=0), default=None)
+@click.option('--batch', 'max_batch_size', help='Images per batch and process', metavar='INT',                       type=click.IntRange(min=1), default=64, show_default=True)
 
 # Sampler options.
-@click.option('--steps', 'num_steps',      help='Number of sampling steps', metavar='INT',                          type=click.IntRange(min=2), default=18, show_default=True)
-@click.option('--sigma_min',               help='Lowest noise level  [default: varies]', metavar='FLOAT',           type=click.FloatRange(min=0, min_open=True))
-@click.option('--sigma_max',               help='Highest noise level  [default: varies]', metavar='FLOAT',          type=click.FloatRange(min=0, min_open=True))
-@click.option('--rho',                     help='Time step exponent', metavar='FLOAT',                              type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
-@click.option('--S_churn', 'S_churn',      help='Stochasticity strength', metavar='FLOAT',                          type=click.FloatRange(min=0), default=0, show_default=True)
-@click.option('--S_min', 'S_min',          help='Stoch. min noise level', metavar='FLOAT',                          type=click.FloatRange(min=0), default=0, show_default=True)
-@click.option('--S_max', 'S_max',          help='Stoch. max noise level', metavar='FLOAT',                          type=click.FloatRange(min=0), default='inf', show_default=True)
-@click.option('--S_noise', 'S_noise',      help='Stoch. noise inflation', metavar='FLOAT',                          type=float, default=1, show_default=True)
+@click.option('--steps', 'num_steps',      help='Noise levels N (2N-1 network calls for Heun)', metavar='INT',       type=click.IntRange(min=2), default=18, show_default=True)
+@click.option('--sigma_min',               help='Smallest noise level  [default: per --disc]', metavar='FLOAT',      type=click.FloatRange(min=0, min_open=True))
+@click.option('--sigma_max',               help='Largest noise level  [default: per --disc]', metavar='FLOAT',       type=click.FloatRange(min=0, min_open=True))
+@click.option('--rho',                     help='Exponent of the EDM step spacing', metavar='FLOAT',                 type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
+@click.option('--S_churn', 'S_churn',      help='Churn: noise re-added over all steps', metavar='FLOAT',             type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option('--S_min', 'S_min',          help='Churn only where sigma >= this', metavar='FLOAT',                   type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option('--S_max', 'S_max',          help='Churn only where sigma <= this', metavar='FLOAT',                   type=click.FloatRange(min=0), default='inf', show_default=True)
+@click.option('--S_noise', 'S_noise',      help='Scale of the re-added noise', metavar='FLOAT',                      type=float, default=1, show_default=True)
 
 # Ablation options (any of them selects the generalized ablation sampler).
-@click.option('--solver',                  help='Ablate ODE solver', metavar='euler|heun',                          type=click.Choice(['euler', 'heun']))
-@click.option('--disc', 'discretization',  help='Ablate time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']))
-@click.option('--schedule',                help='Ablate noise schedule sigma(t)', metavar='vp|ve|linear',           type=click.Choice(['vp', 've', 'linear']))
-@click.option('--scaling',                 help='Ablate signal scaling s(t)', metavar='vp|none',                    type=click.Choice(['vp', 'none']))
+@click.option('--solver',                  help='Ablation: ODE solver', metavar='euler|heun',                        type=click.Choice(['euler', 'heun']))
+@click.option('--disc', 'discretization',  help='Ablation: time steps', metavar='vp|ve|iddpm|edm',                   type=click.Choice(['vp', 've', 'iddpm', 'edm']))
+@click.option('--schedule',                help='Ablation: noise schedule sigma(t)', metavar='vp|ve|linear',         type=click.Choice(['vp', 've', 'linear']))
+@click.option('--scaling',                 help='Ablation: signal scaling s(t)', metavar='vp|none',                  type=click.Choice(['vp', 'none']))
 
 # Our additions.
 @click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR',   type=str, default=None)
@@ -355,25 +356,25 @@ def _load_network(network_pkl, device, trust_code):
 @click.option('--trust-code', 'trust_code', help='Load the pickle with plain pickle.load, executing the code stored in it (only for files you trust; needed for networks our classes cannot rebuild). Default: safe weights-only loading', is_flag=True)
 
 def main(network_pkl, outdir, seeds, subdirs, class_idx, max_batch_size, device, grid, trust_code, **sampler_kwargs):
-    """Generate random images using the techniques described in the paper
-    "Elucidating the Design Space of Diffusion-Based Generative Models".
+    """Sample images from an EDM-style diffusion network, one PNG per seed.
 
-    Images are written as OUTDIR/SEED.png (OUTDIR/<thousands>/SEED.png with --subdirs); each
-    image depends only on its seed, the network, the options and the device type, not on the
-    batch size or the number of processes. The network is loaded without executing code from
-    the pickle unless --trust-code is given.
+    Without ablation options this is the EDM sampler (Heun, rho-spaced steps, optional churn);
+    --solver, --disc, --schedule or --scaling switch to the generalized sampler of the paper's
+    Section 3. Each image depends only on its seed, the network, the options and the device
+    type: not on --batch or the number of processes. The network is rebuilt from the weights
+    in the pickle without running code stored in it; --trust-code uses plain pickle instead.
 
     Examples:
 
     \b
-    # Generate 64 images and save them as out/*.png
-    python generate.py --outdir=out --seeds=0-63 --batch=64 \\
-        --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
+    # CIFAR-10 with the released conditional DDPM++ model: 64 PNGs in out/
+    python generate.py --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl \\
+        --outdir=out --seeds=0-63
 
     \b
-    # Generate 1024 images using 2 GPUs
-    torchrun --standalone --nproc_per_node=2 generate.py --outdir=out --seeds=0-1023 --batch=64 \\
-        --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
+    # 50k images for FID on 4 GPUs, in folders of 1000
+    torchrun --standalone --nproc_per_node=4 generate.py --network=NET.pkl --outdir=fid-imgs \\
+        --seeds=0-49999 --subdirs
 
     \b
     # Deterministic DDIM-style sampling (Euler, VP discretization and schedule) on the CPU, plus a grid
