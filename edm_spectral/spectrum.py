@@ -81,6 +81,8 @@ class RadialSpectrumAccumulator:
             x = x - x.mean(dim=(2, 3), keepdim=True)
         power = torch.fft.fftshift(torch.fft.fft2(x, norm='ortho').abs().square(), dim=(2, 3))
         power = power.sum(dim=(0, 1))   # sum over images and channels first: binning is linear
+        if self.mean_remove:
+            power[self.shape[0] // 2, self.shape[1] // 2] = 0   # exactly zero, not round-off
         self.sums += torch.bincount(self.bin_index, weights=power[self.keep], minlength=self.num_bins) / self.bin_count
         self.count += x.shape[0] * x.shape[1]
 
@@ -216,14 +218,18 @@ def load_array_images(path):
 def generate_network_images(network, seeds, device, batch=64, **sampler_kwargs):
     from edm_spectral.checkpoints import load_network
     from generate import generate_images
-    net = load_network(network, device=device)
+    try:
+        net = load_network(network, device=device)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise click.ClickException(f'Cannot load network {network}: {e}')
     return generate_images(net, seeds=seeds, device=device, max_batch_size=batch, **sampler_kwargs)
 
-def spectrum_of_source(source, num=None, seed=0, mean_remove=True, seeds=None, device='cpu', batch=64):
+def spectrum_of_source(source, num=None, seed=0, mean_remove=True, seeds=None, device='cpu', batch=64, steps=None):
     if source.endswith('.pkl'):
         if seeds is None:
             raise click.ClickException(f'{source} is a network: give --seeds to generate images from it')
-        return radial_power_spectrum(generate_network_images(source, seeds, device, batch=batch), mean_remove=mean_remove)
+        sampler_kwargs = dict(num_steps=steps) if steps is not None else {}
+        return radial_power_spectrum(generate_network_images(source, seeds, device, batch=batch, **sampler_kwargs), mean_remove=mean_remove)
     if not os.path.exists(source):
         raise click.ClickException(f'No such file or directory: {source}')
     if source.endswith(('.npy', '.npz')):
@@ -301,12 +307,14 @@ _source_help = 'Image folder, zip, .npy/.npz array (uint8 NCHW or float in [-1,1
 @click.option('--num',              help='Use a random subset of this many images  [default: all]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--seed',             help='Random seed of the subset', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--seeds',            help='Seeds for a network source, e.g. 0-999', metavar='LIST', type=parse_int_list)
+@click.option('--steps',            help='Sampling steps for a network source  [default: the EDM sampler\'s 18]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--batch',            help='Generation batch size for a network source', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--keep-mean',        help='Do not remove each image\'s mean before the FFT', is_flag=True)
 @click.option('--device',           help='Device for generating from a network  [default: cuda if available]', metavar='STR', type=str)
-def compute(source, dest, num, seed, seeds, keep_mean, device):
+def compute(source, dest, num, seed, seeds, steps, batch, keep_mean, device):
     """Radially averaged power spectrum of one image set, written as JSON."""
     device = _resolve_device(device)
-    freqs, psd = spectrum_of_source(source, num=num, seed=seed, mean_remove=not keep_mean, seeds=seeds, device=device)
+    freqs, psd = spectrum_of_source(source, num=num, seed=seed, mean_remove=not keep_mean, seeds=seeds, device=device, batch=batch, steps=steps)
     _write_json(dest, dict(source=source, freqs=freqs.tolist(), psd=psd.tolist(), mean_removed=not keep_mean))
     print(f'Wrote {len(psd)} radial bins to {dest}')
 
@@ -320,12 +328,14 @@ def compute(source, dest, num, seed, seeds, keep_mean, device):
 @click.option('--num',          help='Use a random subset of this many images per folder/zip  [default: all]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--seed',         help='Random seed of the subsets', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--seeds',        help='Seeds for network sources, e.g. 0-999', metavar='LIST', type=parse_int_list)
+@click.option('--steps',        help='Sampling steps for network sources  [default: the EDM sampler\'s 18]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--batch',        help='Generation batch size for network sources', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--keep-mean',    help='Do not remove each image\'s mean before the FFT', is_flag=True)
 @click.option('--device',       help='Device for generating from networks  [default: cuda if available]', metavar='STR', type=str)
-def compare(ref, sets, plot, dest, num, seed, seeds, keep_mean, device):
+def compare(ref, sets, plot, dest, num, seed, seeds, steps, batch, keep_mean, device):
     """Compare the spectra of several image sets with a reference (plot + distances)."""
     device = _resolve_device(device)
-    kw = dict(num=num, seed=seed, mean_remove=not keep_mean, seeds=seeds, device=device)
+    kw = dict(num=num, seed=seed, mean_remove=not keep_mean, seeds=seeds, device=device, batch=batch, steps=steps)
     spectra = {'reference': spectrum_of_source(ref, **kw)}
     for s in sets:
         spectra[_unique_name(_name_of(s), spectra)] = spectrum_of_source(s, **kw)
