@@ -188,6 +188,9 @@ def check_ddp_consistency(module, ignore_regex=None):
         return
     if torch.distributed.get_world_size() <= 1:
         return
+    # Compare everything before raising, so that all ranks issue the same
+    # broadcasts and a mismatch cannot deadlock the others.
+    mismatches = []
     for name, tensor in named_params_and_buffers(module):
         fullname = type(module).__name__ + '.' + name
         if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
@@ -198,7 +201,9 @@ def check_ddp_consistency(module, ignore_regex=None):
         other = tensor.clone()
         torch.distributed.broadcast(tensor=other, src=0)
         if not (tensor == other).all():
-            raise AssertionError(f'DDP consistency check failed: {fullname} differs from rank 0')
+            mismatches.append(fullname)
+    if mismatches:
+        raise AssertionError(f'DDP consistency check failed on rank {torch.distributed.get_rank()}: {", ".join(mismatches)} differ from rank 0')
 
 #----------------------------------------------------------------------------
 # Run one forward pass and print a table of the submodules with their
