@@ -214,3 +214,20 @@ def test_help_mentions_code_execution():
     assert r.exit_code == 0 and 'executes code' in r.output
 
 #----------------------------------------------------------------------------
+# Two CPU processes under torchrun (Gloo) give the same statistics and features as one process.
+
+def test_torchrun_two_processes_match_single_process(image_dirs, tmp_path):
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ['ref', f'--data={image_dirs["noise"]}', '--detector=standin', '--workers=0', '--device=cpu', '--batch=5', '--features']
+    assert _invoke(args + [f'--dest={tmp_path / "one.npz"}']).exit_code == 0
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'fid.py']
+        + args + [f'--dest={tmp_path / "two.npz"}'], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one, two = np.load(tmp_path / 'one.npz'), np.load(tmp_path / 'two.npz')
+    np.testing.assert_array_equal(one['features'], two['features'])
+    np.testing.assert_allclose(one['mu'], two['mu'], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(one['sigma'], two['sigma'], rtol=1e-10, atol=1e-13)
+
+#----------------------------------------------------------------------------
