@@ -130,7 +130,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
         ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
         ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
-        ('numpy', 'ndarray'), ('numpy', 'dtype'),
+        ('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode'), # Protocol-2 pickles from Python 3 store bytes via _codecs.encode.
     }
 
     def find_class(self, module, name):
