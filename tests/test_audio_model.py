@@ -1,0 +1,131 @@
+"""DiffWave: LMNT state-dict names and shapes, checkpoint round trips, embedding and upsampler."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from edm_spectral.audio import model as model_lib
+
+#----------------------------------------------------------------------------
+# The published LMNT 22 kHz model's state dict, written out from its architecture description:
+# every name and shape (30 layers, 64 channels, 80 mels, 512-d step embedding).
+
+def lmnt_22k_shapes(layers=30, C=64, n_mels=80):
+    shapes = {
+        'input_projection.weight': [C, 1, 1], 'input_projection.bias': [C],
+        'diffusion_embedding.projection1.weight': [512, 128], 'diffusion_embedding.projection1.bias': [512],
+        'diffusion_embedding.projection2.weight': [512, 512], 'diffusion_embedding.projection2.bias': [512],
+        'spectrogram_upsampler.conv1.weight': [1, 1, 3, 32], 'spectrogram_upsampler.conv1.bias': [1],
+        'spectrogram_upsampler.conv2.weight': [1, 1, 3, 32], 'spectrogram_upsampler.conv2.bias': [1],
+        'skip_projection.weight': [C, C, 1], 'skip_projection.bias': [C],
+        'output_projection.weight': [1, C, 1], 'output_projection.bias': [1],
+    }
+    for i in range(layers):
+        p = f'residual_layers.{i}.'
+        shapes.update({
+            p + 'dilated_conv.weight': [2 * C, C, 3], p + 'dilated_conv.bias': [2 * C],
+            p + 'diffusion_projection.weight': [C, 512], p + 'diffusion_projection.bias': [C],
+            p + 'conditioner_projection.weight': [2 * C, n_mels, 1], p + 'conditioner_projection.bias': [2 * C],
+            p + 'output_projection.weight': [2 * C, C, 1], p + 'output_projection.bias': [2 * C],
+        })
+    return shapes
+
+def test_state_dict_matches_lmnt_naming():
+    net = model_lib.DiffWave(model_lib.make_params())
+    ours = {k: list(v.shape) for k, v in net.state_dict().items()}
+    assert ours == lmnt_22k_shapes()
+    assert sum(v.numel() for v in net.state_dict().values()) == 333_251 + 30 * 76_224 # Shared layers + 30 residual layers.
+    for i, layer in enumerate(net.residual_layers):
+        assert layer.dilated_conv.dilation == (2 ** (i % 10),)
+    assert torch.all(net.output_projection.weight == 0) # Zero init, as LMNT.
+
+#----------------------------------------------------------------------------
+# A checkpoint in LMNT's format (random weights in the published naming) loads strictly, and
+# our saved checkpoints carry exactly LMNT's keys.
+
+def test_lmnt_checkpoint_round_trip(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(s, generator=gen) for k, s in lmnt_22k_shapes().items()}
+    params = dict(batch_size=16, learning_rate=2e-4, max_grad_norm=None, sample_rate=22050, n_mels=80, n_fft=1024,
+        hop_samples=256, crop_mel_frames=62, residual_layers=30, residual_channels=64, dilation_cycle_length=10,
+        unconditional=False, noise_schedule=np.linspace(1e-4, 0.05, 50).tolist(),
+        inference_noise_schedule=[0.0001, 0.001, 0.01, 0.05, 0.2, 0.5])
+    path = str(tmp_path / 'weights-1000578.pt')
+    torch.save({'step': 1000578, 'model': state, 'optimizer': {}, 'params': params, 'scaler': {}}, path)
+    net, loaded_params, data = model_lib.load_checkpoint(path)
+    assert data['step'] == 1000578
+    assert loaded_params['residual_layers'] == 30 and loaded_params['upsample_factors'] == [16, 16]
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+    out = str(tmp_path / 'ours.pt')
+    model_lib.save_checkpoint(out, net, loaded_params, step=7)
+    saved = torch.load(out, weights_only=True)
+    assert set(saved['model']) == set(state)
+    assert {'step', 'model', 'optimizer', 'params', 'scaler'} <= set(saved)
+    assert set(params) <= set(saved['params']) # LMNT's params keys are all there.
+    strict = model_lib.DiffWave(saved['params'])
+    strict.load_state_dict(saved['model'], strict=True)
+
+    # A fork that stored the (non-persistent in LMNT) embedding table still loads.
+    state_with_table = dict(state, **{'diffusion_embedding.embedding': net.diffusion_embedding.embedding.clone()})
+    torch.save({'step': 1, 'model': state_with_table, 'params': params}, path)
+    model_lib.load_checkpoint(path)
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        model_lib.load_checkpoint(str(tmp_path / 'missing.pt'))
+    bad = tmp_path / 'bad.pt'
+    bad.write_bytes(b'not a checkpoint')
+    with pytest.raises(ValueError, match='Cannot read'):
+        model_lib.load_checkpoint(str(bad))
+    small = model_lib.DiffWave(model_lib.make_params(residual_layers=2, residual_channels=8))
+    path = str(tmp_path / 'mismatch.pt')
+    torch.save({'model': small.state_dict(), 'params': {'residual_layers': 2, 'residual_channels': 16}}, path)
+    with pytest.raises(ValueError, match='do not match'):
+        model_lib.load_checkpoint(path)
+    with pytest.raises(ValueError, match='Unknown DiffWave parameter'):
+        model_lib.make_params(residual_channel=3)
+    with pytest.raises(ValueError, match='multiply to hop_samples'):
+        model_lib.make_params(upsample_factors=[16, 8])
+
+#----------------------------------------------------------------------------
+# Step embedding: sin/cos table with frequencies 10^(4k/63); fractional steps interpolate.
+
+def test_diffusion_embedding_table_and_lerp():
+    emb = model_lib.DiffusionEmbedding(50)
+    t, k = 7, 13
+    assert emb.embedding.shape == (50, 128)
+    assert math.isclose(float(emb.embedding[t, k]), math.sin(t * 10 ** (4 * k / 63)), rel_tol=1e-4, abs_tol=1e-4)
+    assert math.isclose(float(emb.embedding[t, 64 + k]), math.cos(t * 10 ** (4 * k / 63)), rel_tol=1e-4, abs_tol=1e-4)
+    a = emb(torch.tensor([3]))
+    b = emb(torch.tensor([3.0]))
+    assert torch.allclose(a, b)
+    frac = emb.embedding[3] * 0.75 + emb.embedding[4] * 0.25
+    x = torch.nn.functional.silu(emb.projection2(torch.nn.functional.silu(emb.projection1(frac[None]))))
+    assert torch.allclose(emb(torch.tensor([3.25])), x, atol=1e-6)
+
+#----------------------------------------------------------------------------
+# Forward pass of a tiny model: output shape, upsampler length, conditioning actually used,
+# gradients reach every parameter.
+
+def test_forward_shapes_and_gradients():
+    params = model_lib.make_params(residual_layers=3, residual_channels=8, dilation_cycle_length=2, n_mels=16,
+        hop_samples=32, upsample_factors=[4, 8])
+    net = model_lib.DiffWave(params)
+    torch.nn.init.normal_(net.output_projection.weight) # Non-zero so every parameter gets a gradient.
+    mel = torch.rand(2, 16, 5)
+    audio = torch.randn(2, 5 * 32)
+    assert net.spectrogram_upsampler(mel).shape == (2, 16, 5 * 32)
+    out = net(audio, torch.tensor([0, 49]), mel)
+    assert out.shape == (2, 1, 160)
+    assert not torch.allclose(out, net(audio, torch.tensor([0, 49]), mel * 0.5))
+    out.square().sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match='does not match'):
+        net(audio, torch.tensor([0, 1]), torch.rand(2, 16, 4))
+
+#----------------------------------------------------------------------------
