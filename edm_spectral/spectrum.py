@@ -96,10 +96,14 @@ class RadialSpectrumAccumulator:
 # Radially averaged power spectrum of a set of images.
 # `images`: a tensor/array ([N, C, H, W], [N, H, W] or [H, W]) or an iterable of such batches.
 
-def radial_power_spectrum(images, mean_remove=True):
+def radial_power_spectrum(images, mean_remove=True, chunk=256):
     acc = RadialSpectrumAccumulator(mean_remove=mean_remove)
     if isinstance(images, (torch.Tensor, np.ndarray)):
-        acc.update(images)
+        if images.ndim < 3 or len(images) <= chunk:
+            acc.update(images)
+        else:
+            for start in range(0, len(images), chunk):   # bounded float64 memory for large sets
+                acc.update(images[start : start + chunk])
     else:
         for batch in images:
             acc.update(batch)
@@ -207,7 +211,10 @@ def iter_dataset_images(path, num=None, seed=0, batch=256):
         yield torch.from_numpy(np.stack([dataset[i][0] for i in range(start, min(start + batch, len(dataset)))]))
 
 def load_array_images(path):
-    data = np.load(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise click.ClickException(f'{path} is not a readable .npy/.npz file: {type(e).__name__}: {e}')
     if isinstance(data, np.lib.npyio.NpzFile):
         keys = list(data.keys())
         if len(keys) != 1:
