@@ -55,6 +55,8 @@ def test_uint8_maps_to_minus_one_one_and_layouts_agree():
     _, p2 = spectrum.radial_power_spectrum(torch.from_numpy(u8.astype(np.float32) / 127.5 - 1))
     _, p3 = spectrum.radial_power_spectrum(u8[:, 0])                     # [N, H, W]
     _, p4 = spectrum.radial_power_spectrum(iter([u8[:1], u8[1:]]))       # batches, streamed
+    _, p5 = spectrum.radial_power_spectrum(u8, chunk=3)                  # large tensors in chunks
+    np.testing.assert_allclose(p1, p5, rtol=1e-12)
     np.testing.assert_allclose(p1, p2, rtol=1e-5)
     np.testing.assert_allclose(p1, p3, rtol=1e-12)
     np.testing.assert_allclose(p1, p4, rtol=1e-12)
