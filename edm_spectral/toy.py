@@ -131,6 +131,7 @@ def run_experiment(outdir, preset='demo', spectral_kind='fourier-amp-phase', spe
         t0 = time.time()
         run_dir = os.path.join(outdir, f'run-{name}')
         shutil.rmtree(run_dir, ignore_errors=True)
+        os.makedirs(run_dir)
         print(f'Training {name} model in {run_dir} ...')
         snapshot = train_ddpm(run_dir, data_dir, cfg, copy.deepcopy(kwargs), seed=seed, device=device)
         print(f'Sampling {cfg.num_samples} images from {snapshot} ...')
