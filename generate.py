@@ -387,6 +387,8 @@ def main(network_pkl, outdir, seeds, subdirs, class_idx, max_batch_size, device,
         raise click.BadParameter(str(e), param_hint='--device') from e
     if len(seeds) == 0:
         raise click.BadParameter('no seeds given', param_hint='--seeds')
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise click.BadParameter(f'{outdir} exists and is not a folder', param_hint='--outdir')
     rank_batches = split_seeds(seeds, max_batch_size, dist.get_rank(), dist.get_world_size())
 
     net = _load_network(network_pkl, device, trust_code)

@@ -417,10 +417,12 @@ def test_cli_errors(snapshot, tmp_path):
         ([f'--network={path}', '--steps=1'], '--steps'),
         ([f'--network={path}', '--disc=cosine'], '--disc'),
     ]
+    (tmp_path / 'file').write_bytes(b'')
+    cases.append(([f'--network={path}', f'--outdir={tmp_path / "file"}'], 'not a folder'))
     (tmp_path / 'corrupt.pkl').write_bytes(b'\x80\x04garbage')
     cases.append(([f'--network={tmp_path / "corrupt.pkl"}'], 'cannot load network'))
     for args, message in cases:
-        r = run_cli(*args, f'--outdir={tmp_path / "out"}')
+        r = run_cli(f'--outdir={tmp_path / "out"}', *args)  # a later --outdir wins
         assert r.exit_code != 0 and message in r.output, (args, r.output)
         assert not isinstance(r.exception, (AttributeError, IndexError, TypeError)), r.exception
     r = CliRunner().invoke(generate.main, [f'--network={path}', f'--outdir={tmp_path / "out"}', '--device=cuda:7'])
