@@ -1,0 +1,110 @@
+"""Audio metrics: known answers (identical sets give 0, shifted sets give > 0), Frechet distance
+of known Gaussians, K-means, and clear messages for missing optional models."""
+
+import builtins
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edm_spectral.audio import data as data_lib
+from edm_spectral.audio import metrics
+
+RATE = 22050
+
+def tone(freq, seconds=0.5, seed=0, shift=0):
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = 0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.3 * np.sin(2 * np.pi * 4 * t)) + 0.01 * np.random.RandomState(seed).randn(len(t))
+    return np.roll(x, shift).astype(np.float32)
+
+def write_set(folder, freqs, gain=1.0, shift=0, pitch=1.0):
+    os.makedirs(folder, exist_ok=True)
+    for i, f in enumerate(freqs):
+        data_lib.write_wav(os.path.join(folder, f'LJ001-{i:04d}.wav'), gain * tone(f * pitch, seed=i, shift=shift), RATE)
+
+def test_mrstft_known_answers():
+    x = tone(300)
+    assert metrics.mr_stft(x, x) == 0
+    assert metrics.mr_stft(x, np.roll(x, 37)) > 0
+    assert metrics.mr_stft(tone(300), tone(600)) > metrics.mr_stft(tone(300), tone(310))
+
+def test_frechet_and_kmeans():
+    # 1-D Gaussians: (mu1 - mu2)^2 + (s1 - s2)^2.
+    d = metrics.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[1.0]]))
+    assert abs(d - (4 + 1)) < 1e-9
+    rnd = np.random.RandomState(0)
+    centres = np.array([[0, 0], [10, 0], [0, 10]], dtype=float)
+    x = np.concatenate([c + rnd.randn(100, 2) * 0.5 for c in centres])
+    found = metrics.kmeans(x, 3, seed=1)
+    assert np.abs(np.sort(found, axis=0) - np.sort(centres, axis=0)).max() < 0.3
+
+def test_ndb_known_answers():
+    rnd = np.random.RandomState(0)
+    ref = rnd.randn(1000, 4)
+    assert metrics.ndb(ref, ref, k=10)['ndb'] == 0
+    shifted = metrics.ndb(ref, rnd.randn(1000, 4) + 1.0, k=10)
+    assert shifted['ndb'] > 0 and 0 < shifted['ndb_k'] <= 1
+
+def test_folder_metrics_cli(tmp_path):
+    freqs = [220, 330, 440, 550]
+    write_set(str(tmp_path / 'ref'), freqs)
+    write_set(str(tmp_path / 'same' / 'seed000'), freqs)
+    write_set(str(tmp_path / 'same' / 'seed001'), freqs)
+    write_set(str(tmp_path / 'shifted'), freqs, pitch=1.5)
+    runner = CliRunner()
+    out = str(tmp_path / 'm.json')
+    res = runner.invoke(metrics.main, ['--gen', str(tmp_path / 'same'), '--gen', str(tmp_path / 'shifted'), '--ref', str(tmp_path / 'ref'),
+        '--metrics=mrstft,ndb,fad', '--ndb-k=8', '--out', out, '--device=cpu'])
+    assert res.exit_code == 0, res.output
+    import json
+    results = json.load(open(out))['results']
+    same, shifted = results[str(tmp_path / 'same')], results[str(tmp_path / 'shifted')]
+    assert same['mrstft']['values'] == [0.0, 0.0] and same['ndb_k']['mean'] == 0 and same['fad_logmel']['mean'] < 1e-6
+    assert shifted['mrstft']['mean'] > 0.5 and shifted['ndb_k']['mean'] > 0 and shifted['fad_logmel']['mean'] > 0.1
+
+#----------------------------------------------------------------------------
+# Optional models and packages: a clear message, not a traceback.
+
+def test_missing_optional_models(tmp_path, monkeypatch):
+    write_set(str(tmp_path / 'ref'), [220])
+    runner = CliRunner()
+    args = ['--gen', str(tmp_path / 'ref'), '--ref', str(tmp_path / 'ref'), '--device=cpu']
+    res = runner.invoke(metrics.main, args + ['--metrics=utmos'])
+    assert res.exit_code == 1 and 'UTMOS needs a model file' in res.output and 'Traceback' not in res.output
+    res = runner.invoke(metrics.main, args + ['--metrics=fad', '--vggish', str(tmp_path / 'vggish.pt')])
+    assert res.exit_code == 1 and 'model file not found' in res.output
+    (tmp_path / 'junk.pt').write_bytes(b'junk')
+    res = runner.invoke(metrics.main, args + ['--metrics=fad', '--vggish', str(tmp_path / 'junk.pt')])
+    assert res.exit_code == 1 and 'not a TorchScript module' in res.output
+
+    real_import = builtins.__import__
+    def no_pesq(name, *a, **k):
+        if name == 'pesq':
+            raise ImportError('No module named pesq')
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, '__import__', no_pesq)
+    res = runner.invoke(metrics.main, args + ['--metrics=pesq'])
+    assert res.exit_code == 1 and 'pip install pesq' in res.output
+    assert 'pesq' not in metrics.available_metrics()
+    res = runner.invoke(metrics.main, args + ['--metrics=nonsense'])
+    assert res.exit_code == 1 and 'Unknown metric' in res.output
+
+#----------------------------------------------------------------------------
+# A TorchScript embedding model is used when given (here a scripted stand-in).
+
+def test_torchscript_embedding(tmp_path):
+    import torch
+
+    class Frames(torch.nn.Module):
+        def forward(self, wave):
+            n = wave.shape[0] // 160
+            return wave[:n * 160].reshape(n, 160)[:, :8].abs()
+
+    path = str(tmp_path / 'emb.pt')
+    torch.jit.script(Frames()).save(path)
+    write_set(str(tmp_path / 'ref'), [220, 330])
+    res = metrics.evaluate(str(tmp_path / 'ref'), str(tmp_path / 'ref'), metrics=['fad'], vggish=path)
+    assert abs(res['fad']['mean']) < 1e-6
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""DiffWave diffusion and training: x0 estimates, inference schedules, the spectral term on
+waveforms, and a few training steps + vocoding end to end through the CLIs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edm_spectral.audio import data as data_lib
+from edm_spectral.audio import diffusion
+from edm_spectral.audio import model as model_lib
+from training.spectral_loss import SpectralLoss
+
+from test_audio_data import make_corpus
+
+TINY = dict(residual_layers=2, residual_channels=8, dilation_cycle_length=2)
+
+#----------------------------------------------------------------------------
+# With the true noise as the prediction, the one-step estimate and every DDIM roll-out recover
+# x0 exactly.
+
+class Oracle(torch.nn.Module):
+    def __init__(self, x0, abar):
+        super().__init__()
+        self.x0, self.abar = x0, abar
+    def forward(self, x, t, mel):
+        ab = self.abar[t][:, None]
+        return ((x - ab.sqrt() * self.x0) / (1 - ab).sqrt())[:, None]
+
+def test_x0_estimate_exact_with_oracle():
+    abar = torch.as_tensor(diffusion.alpha_bars(np.linspace(1e-4, 0.05, 50)), dtype=torch.float64)
+    x0 = torch.randn(3, 64, dtype=torch.float64)
+    t = torch.tensor([0, 20, 49])
+    x_t = abar[t][:, None].sqrt() * x0 + (1 - abar[t][:, None]).sqrt() * torch.randn(3, 64, dtype=torch.float64)
+    for k in [1, 2, 5]:
+        est = diffusion.estimate_x0(Oracle(x0, abar), x_t, t, None, abar, rollout_steps=k)
+        assert torch.allclose(est, x0, atol=1e-10)
+
+def test_inference_steps():
+    betas = np.linspace(1e-4, 0.05, 50)
+    assert np.allclose(diffusion.inference_steps(betas, betas), np.arange(50), atol=1e-4)
+    fast = diffusion.inference_steps(betas, [0.0001, 0.001, 0.01, 0.05, 0.2, 0.5])
+    assert len(fast) == 6 and np.all(np.diff(fast) > 0) and fast[0] == 0 and 0 < fast[-1] < 49
+    with pytest.raises(ValueError, match='outside the training schedule'):
+        diffusion.inference_steps(betas, [0.5, 0.9, 0.9])
+
+#----------------------------------------------------------------------------
+# The 1-D spectral kinds on waveforms: finite, differentiable through the network, and the
+# total is exactly base + lambda * mean(L_S).
+
+@pytest.mark.parametrize('kind,extra', [('fourier-amp', {}), ('fourier-amp-phase', {}), ('wavelet', dict(wavelet='haar')),
+    ('wavelet', dict(wavelet='bior1.3'))])
+def test_spectral_term_on_waveforms(kind, extra):
+    params = model_lib.make_params(**TINY)
+    net = model_lib.DiffWave(params)
+    torch.nn.init.normal_(net.output_projection.weight, std=0.1)
+    audio = torch.randn(4, 8 * 256) * 0.3
+    mel = torch.rand(4, 80, 8)
+    spectral = SpectralLoss(kind=kind, weight=1e-3, **extra)
+    gen = torch.Generator().manual_seed(5)
+    total, base, ls = diffusion.diffwave_loss(net, audio, mel, params['noise_schedule'], spectral=spectral, generator=gen)
+    assert ls.shape == (4,) and torch.all(ls > 0) and torch.isfinite(total)
+    assert torch.allclose(total, base + 1e-3 * ls.mean())
+    gen = torch.Generator().manual_seed(5)
+    base_only, _, none = diffusion.diffwave_loss(net, audio, mel, params['noise_schedule'], generator=gen)
+    assert none is None and torch.equal(base_only, base) # Same draws, same base loss.
+    grad_s = torch.autograd.grad(total, net.input_projection.weight)[0]
+    grad_b = torch.autograd.grad(base_only, net.input_projection.weight)[0]
+    assert torch.isfinite(grad_s).all() and not torch.allclose(grad_s, grad_b)
+    with pytest.raises(ValueError, match='constant spectral weight'):
+        diffusion.diffwave_loss(net, audio, mel, params['noise_schedule'], spectral=SpectralLoss(kind=kind, weight='weighted'))
+
+#----------------------------------------------------------------------------
+# Train a few steps with a spectral term, resume, vocode the held-out clips: CLIs end to end.
+
+def test_train_resume_vocode_end_to_end(tmp_path):
+    from edm_spectral.audio import train, vocode
+    root = str(tmp_path / 'lj')
+    make_corpus(root, ['LJ001-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
+    runner = CliRunner()
+    common = ['--data', root, '--outdir', str(tmp_path / 'runs'), '--residual-layers=2', '--residual-channels=8',
+        '--dilation-cycle=2', '--batch=2', '--crop-frames=8', '--workers=0', '--tick=2', '--device=cpu']
+    res = runner.invoke(train.main, common + ['--steps=3', '--snap=2', '--spectral=fourier-amp-phase', '--spectral-weight=1e-4'])
+    assert res.exit_code == 0, res.output
+    run = os.path.join(str(tmp_path / 'runs'), sorted(os.listdir(tmp_path / 'runs'))[0])
+    assert sorted(f for f in os.listdir(run) if f.startswith('weights')) == ['weights-2.pt', 'weights-3.pt', 'weights.pt']
+    stats = [json.loads(line) for line in open(os.path.join(run, 'stats.jsonl'))]
+    assert stats[-1]['step'] == 3 and stats[-1]['Loss/spectral']['num'] > 0
+    ckpt = torch.load(os.path.join(run, 'weights.pt'), weights_only=True)
+    assert ckpt['step'] == 3 and ckpt['spectral_kwargs']['kind'] == 'fourier-amp-phase'
+
+    res = runner.invoke(train.main, common + ['--steps=5', '--resume', os.path.join(run, 'weights.pt')])
+    assert res.exit_code == 0, res.output
+    run2 = os.path.join(str(tmp_path / 'runs'), sorted(d for d in os.listdir(tmp_path / 'runs') if d[0].isdigit())[-1])
+    assert torch.load(os.path.join(run2, 'weights.pt'), weights_only=True)['step'] == 5
+
+    res = runner.invoke(train.main, common + ['--steps=1', '--spectral=fourier-amp'])
+    assert res.exit_code != 0 and 'constant spectral weight' in res.output
+    res = runner.invoke(train.main, common + ['--steps=1', '--init', str(tmp_path / 'nope.pt')])
+    assert res.exit_code != 0 and 'no such file' in res.output
+
+    out = str(tmp_path / 'voc')
+    res = runner.invoke(vocode.main, ['--ckpt', os.path.join(run2, 'weights.pt'), '--data', root, '--outdir', out, '--seeds=0-1', '--device=cpu'])
+    assert res.exit_code == 0, res.output
+    ref, rate = data_lib.read_wav(os.path.join(out, 'reference', 'LJ001-0001.wav'))
+    gen, _ = data_lib.read_wav(os.path.join(out, 'seed001', 'LJ001-0001.wav'))
+    assert rate == 22050 and len(gen) == len(ref) == int(0.4 * 22050)
+    assert np.abs(gen).max() > 0 and os.path.isfile(os.path.join(out, 'spectrograms.png'))
+    gen0, _ = data_lib.read_wav(os.path.join(out, 'seed000', 'LJ001-0001.wav'))
+    assert not np.array_equal(gen0, gen) # Seeds differ.
+
+#----------------------------------------------------------------------------
