@@ -212,7 +212,9 @@ def _rebuild_stub(stub):
         except RuntimeError as e:
             raise ValueError(f'The weights of {stub.class_name} in the file do not match our implementation: {e}') from None
         obj.train(bool(state.get('training', True)))
-    _check_attributes(stub, obj)
+        _check_attributes(stub, obj)
+    else:
+        _restore_scalars(stub, obj)
     return obj
 
 # Constructor arguments may hold placeholders of their own (rare) and
@@ -230,8 +232,8 @@ def _plain(obj):
         return tuple(_plain(x) for x in obj)
     return obj
 
-# A cheap guard against silent divergence: scalar attributes the stored
-# object had must equal those our rebuilt object has.
+# A cheap guard against silent divergence: scalar attributes of a stored
+# network must equal those of our rebuilt one.
 def _check_attributes(stub, obj):
     for name, value in stub.state.items():
         if name.startswith('_') or not isinstance(value, (bool, int, float, str, np.generic)):
@@ -241,6 +243,15 @@ def _check_attributes(stub, obj):
         ours = getattr(obj, name)
         if isinstance(ours, (bool, int, float, str, np.generic)) and ours != value and not (ours != ours and value != value):
             warnings.warn(f'{stub.class_name}.{name} is {value!r} in the file but {ours!r} after rebuilding; check the implementation')
+
+# Plain objects (losses, augmentation) may carry scalar settings changed after
+# construction (e.g. a loss' cur_kimg); take those over as pickle would.
+def _restore_scalars(stub, obj):
+    for name, value in stub.state.items():
+        if name.startswith('_') or not isinstance(value, (bool, int, float, str, np.generic)):
+            continue
+        if isinstance(getattr(obj, name, None), (bool, int, float, str, np.generic)):
+            setattr(obj, name, value)
 
 def _rebuild_tree(obj):
     if isinstance(obj, (PersistentStub, ContainerStub)):
