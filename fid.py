@@ -16,12 +16,16 @@ from edm_spectral import detectors
 # Features of every image of a folder or zip, reduced to float64 sums on each rank and combined
 # across ranks. Returns mu [D], sigma [D, D], and (if return_features) the features [N, D] in
 # dataset order on every rank. The batch split across ranks follows EDM, so the result does not
-# depend on the number of processes (up to float64 summation order).
+# depend on the number of processes (up to float64 summation order). `detector` is a loaded
+# detector module, or what load_detector() accepts (None = the standard Inception).
 
-def calculate_inception_stats(image_path, detector, num_expected=None, seed=0, max_batch_size=64,
-        num_workers=3, prefetch_factor=2, device=torch.device('cpu'), allow_fewer=False, return_features=False):
+def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_size=64, num_workers=3,
+        prefetch_factor=2, device=None, detector=None, allow_fewer=False, return_features=False):
     from torch_utils import distributed as dist
     from training.dataset import ImageFolderDataset
+    device = dist.resolve_device(device)
+    if detector is None or isinstance(detector, str):
+        detector, _name = detectors.load_detector(detector, device=device, verbose=(dist.get_rank() == 0))
 
     # Images: a seeded random subset when there are more than requested.
     dist.print0(f'Loading images from "{image_path}"...')

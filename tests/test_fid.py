@@ -123,7 +123,7 @@ def test_standin_detector_is_deterministic_and_size_agnostic():
 
 def test_stats_match_numpy_mean_and_covariance(image_dirs):
     det = detectors.StandinDetector()
-    mu, sigma, feats = fid.calculate_inception_stats(image_dirs['noise'], det, max_batch_size=5, num_workers=0, return_features=True)
+    mu, sigma, feats = fid.calculate_inception_stats(image_dirs['noise'], detector=det, max_batch_size=5, num_workers=0, return_features=True)
     ref = det(torch.as_tensor(image_dirs['noise_images'])).double().numpy()
     assert feats.shape == ref.shape
     np.testing.assert_allclose(feats, ref, rtol=1e-5, atol=1e-6)   # dataset order preserved across batches
@@ -132,7 +132,7 @@ def test_stats_match_numpy_mean_and_covariance(image_dirs):
 
 def test_grayscale_is_repeated_to_three_channels(image_dirs):
     det = detectors.StandinDetector()
-    mu, _sigma = fid.calculate_inception_stats(image_dirs['gray'], det, max_batch_size=64, num_workers=0)
+    mu, _sigma = fid.calculate_inception_stats(image_dirs['gray'], detector='standin', max_batch_size=64, num_workers=0)
     rgb = torch.as_tensor(image_dirs['gray_images']).repeat([1, 3, 1, 1])
     np.testing.assert_allclose(mu, det(rgb).double().mean(0).numpy(), rtol=1e-5, atol=1e-7)
 
