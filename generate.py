@@ -2,7 +2,6 @@
 Generative Models" (Karras et al., 2022), one PNG per seed, identical to NVlabs/edm's
 generate.py for the same network, seeds and options."""
 
-import math
 import os
 import pickle
 import re
