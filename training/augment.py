@@ -64,8 +64,8 @@ def _reflect_index(idx, size):
 
 #----------------------------------------------------------------------------
 # 2x up- and downsampling of every channel with a 1-D wavelet lowpass filter,
-# applied separably. Up: zero-stuffing + filter, output size 2*L. Down:
-# filter + stride 2, output size L + len(f)//2 - 1 for an input of size 2*L.
+# applied separably: size L -> 2L and 2L -> L. The filter is orthogonal to
+# its even shifts, so down(up(x)) == x away from the borders.
 
 def _upsample2x(x, f):
     N, C, H, W = x.shape
@@ -291,6 +291,7 @@ class AugmentPipe:
             labels.append(w)
 
         if M is not I_4:
+            M = M.to(images.dtype)
             flat = images.reshape(N, C, H * W)
             if C == 3:
                 flat = M[:, :3, :3] @ flat + M[:, :3, 3:]
