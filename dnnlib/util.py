@@ -219,8 +219,7 @@ def open_url(url: str, cache_dir: Optional[str] = None, num_attempts: int = 10, 
         hits = sorted(f for f in glob.glob(os.path.join(glob.escape(cache_dir), url_md5 + '_*')) if os.path.isfile(f))
         if len(hits) >= 1:
             return hits[0] if return_filename else open(hits[0], 'rb')
-    safe_name = re.sub(r'[^0-9a-zA-Z_.-]', '_', os.path.basename(urllib.parse.urlparse(url).path)) or 'download'
-    cache_file = os.path.join(cache_dir, f'{url_md5}_{safe_name}')
+    cache_file = url_cache_path(url, cache_dir)
 
     # Download, retrying on network errors.
     import requests # lazy: only needed for downloads
@@ -269,6 +268,15 @@ def open_url(url: str, cache_dir: Optional[str] = None, num_attempts: int = 10, 
     raise IOError(f'Could not download {url}: {last_error}\n'
         f'If this machine is offline, download the file by hand and pass its local path instead, '
         f'or save it as {cache_file} (the download cache; set DNNLIB_CACHE_DIR to move it).')
+
+# Where open_url() stores (and looks for) the download of url: a file placed
+# there by hand is used without network access.
+def url_cache_path(url: str, cache_dir: Optional[str] = None) -> str:
+    if cache_dir is None:
+        cache_dir = make_cache_dir_path('downloads')
+    url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
+    safe_name = re.sub(r'[^0-9a-zA-Z_.-]', '_', os.path.basename(urllib.parse.urlparse(url).path)) or 'download'
+    return os.path.join(cache_dir, f'{url_md5}_{safe_name}')
 
 # Open a local file with a clear error if it is missing.
 def _open_local(path: str, return_filename: bool) -> Any:

@@ -119,6 +119,7 @@ def test_open_url_download_and_cache(tmp_path):
     # The server is gone; the cache answers.
     name = util.open_url(url, cache_dir=str(cache), return_filename=True, num_attempts=1)
     assert os.path.basename(name) == hashlib.md5(url.encode('utf-8')).hexdigest() + '_weights.bin'
+    assert name == util.url_cache_path(url, str(cache))
     with open(name, 'rb') as f:
         assert f.read() == b'0123456789' * 1000
 
