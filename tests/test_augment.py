@@ -10,6 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from training import augment
 from training.augment import AugmentPipe
 
@@ -271,5 +272,29 @@ def test_pickle_round_trip():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     with pytest.raises(ValueError, match='NCHW'):
         pipe(x[0])
+
+#----------------------------------------------------------------------------
+# A pickled pipe loads and runs where only numpy, torch and a stock
+# torch_utils exist (as inside a stock EDM checkout), with identical output.
+
+def test_pickle_runs_in_stock_edm_env(tmp_path):
+    from stock_env import run_in_stock_env
+    pipe = AugmentPipe(p=0.5, **EDM_KWARGS)
+    x = _rand(n=4, res=8)
+    torch.save(x, tmp_path / 'x.pt')
+    with open(tmp_path / 'pipe.pkl', 'wb') as f:
+        pickle.dump(pipe, f)
+    torch.manual_seed(15)
+    y, labels = pipe(x)
+    run_in_stock_env(f'''
+        import pickle, torch
+        pipe = pickle.load(open({str(tmp_path / 'pipe.pkl')!r}, 'rb'))
+        assert type(pipe).__name__ == 'AugmentPipe' and type(pipe).__module__.startswith('_imported_module_')
+        torch.manual_seed(15)
+        y, labels = pipe(torch.load({str(tmp_path / 'x.pt')!r}))
+        torch.save((y, labels), {str(tmp_path / 'out.pt')!r})
+    ''', tmp_path)
+    y2, labels2 = torch.load(tmp_path / 'out.pt')
+    assert torch.equal(labels, labels2) and torch.equal(y, y2)
 
 #----------------------------------------------------------------------------
