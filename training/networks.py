@@ -114,6 +114,16 @@ class GroupNorm(torch.nn.Module):
         return torch.nn.functional.group_norm(x, num_groups=self.num_groups, weight=gamma, bias=beta, eps=self.eps)
 
 #----------------------------------------------------------------------------
+# Backward of softmax over dim 2: w * (dw - <dw, w>). torch's own kernel gives
+# the same bits as EDM; the explicit formula covers torch versions without it.
+
+def _softmax_backward(dw, w):
+    try:
+        return torch._softmax_backward_data(dw, w, 2, w.dtype)
+    except (AttributeError, TypeError, RuntimeError):
+        return w * (dw - (dw * w).sum(dim=2, keepdim=True))
+
+#----------------------------------------------------------------------------
 # Attention weights softmax_k(q . k / sqrt(C)) for q, k of shape [N, C, L].
 # The math runs in fp32 even for fp16 inputs (fp16 logits overflow), while
 # inputs, outputs and gradients keep the caller's dtype to save memory.
@@ -129,10 +139,7 @@ class AttentionOp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dw):
         q, k, w = ctx.saved_tensors
-        w32 = w.to(torch.float32)
-        dw32 = dw.to(torch.float32)
-        # Backward of the softmax: dlogits = w * (dw - <dw, w>), the inner product over keys.
-        dlogits = w32 * (dw32 - (dw32 * w32).sum(dim=2, keepdim=True))
+        dlogits = _softmax_backward(dw.to(torch.float32), w.to(torch.float32))
         dq = torch.einsum('nck,nqk->ncq', k.to(torch.float32), dlogits).to(q.dtype) / np.sqrt(k.shape[1])
         dk = torch.einsum('ncq,nqk->nck', q.to(torch.float32), dlogits).to(k.dtype) / np.sqrt(k.shape[1])
         return dq, dk
