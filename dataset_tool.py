@@ -263,6 +263,8 @@ def make_transform(transform: Optional[str], output_width: Optional[int], output
 # new or empty folder. Returns (save_bytes(fname, data), close(ok)).
 
 def open_dest(dest: str):
+    if not dest:
+        raise click.ClickException('--dest must not be empty')
     if dest.lower().endswith('.zip'):
         if os.path.exists(dest):
             raise click.ClickException(f'--dest already exists: {dest} (remove it first)')

@@ -325,6 +325,8 @@ def test_errors_dest_and_options(tmp_path):
     (tmp_path / 'exists.zip').write_bytes(b'x')
     with pytest.raises(click.ClickException, match='already exists'):
         _convert(src, tmp_path / 'exists.zip')
+    with pytest.raises(click.ClickException, match='must not be empty'):
+        _convert(src, '')
     with pytest.raises(click.ClickException, match='needs --resolution'):
         _convert(src, tmp_path / 'o.zip', transform='center-crop')
 
