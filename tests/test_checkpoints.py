@@ -89,6 +89,35 @@ def test_edm_precond_snapshot_round_trip(tmp_path):
     ''', tmp_path)
     assert "stock ok ['augment_pipe', 'dataset_kwargs', 'ema', 'loss_fn']" in res.stdout
 
+# The other preconditioners and both architectures, including the buffers
+# that must survive (NCSN++ Fourier freqs, iDDPM's u table).
+@pytest.mark.parametrize('class_name, kwargs', [
+    ('VPPrecond', dict(model_type='SongUNet')),
+    ('VEPrecond', dict(model_type='SongUNet', embedding_type='fourier', channel_mult_noise=2, encoder_type='residual', resample_filter=[1, 3, 3, 1])),
+    ('iDDPMPrecond', dict(model_type='DhariwalUNet', M=50)),
+    ('EDMPrecond', dict(model_type='DhariwalUNet', label_dim=3)),
+])
+def test_other_preconds_round_trip(tmp_path, class_name, kwargs):
+    import training.networks
+    torch.manual_seed(0)
+    net = getattr(training.networks, class_name)(img_resolution=8, img_channels=2, model_channels=16, channel_mult=[1, 2],
+        num_blocks=1, attn_resolutions=[4], **kwargs)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = tmp_path / 'snap.pkl'
+    checkpoints.save_snapshot(str(path), net)
+    ema = checkpoints.load_network(str(path))
+    assert type(ema) is type(net)
+    assert list(ema.state_dict().keys()) == list(net.state_dict().keys())
+    for t1, t2 in zip(net.state_dict().values(), ema.state_dict().values()):
+        assert torch.equal(t1, t2)
+    x = torch.randn(2, 2, 8, 8)
+    sigma = torch.tensor([0.1, 3.0])
+    labels = torch.eye(3)[[0, 2]] if net.label_dim else None
+    with torch.no_grad():
+        assert torch.equal(ema(x, sigma, labels), net.eval()(x, sigma, labels))
+
 def dnnlib_like_kwargs():
     return dict(class_name='training.dataset.ImageFolderDataset', path='/data/x.zip', use_labels=True,
         xflip=False, cache=True, resolution=8, max_size=10)
