@@ -93,6 +93,7 @@ def open_image_folder(source_dir: str, *, max_images: Optional[int]):
     return max_idx, iterate_images()
 
 #----------------------------------------------------------------------------
+# Zip of images: names sorted as plain strings, labels from its dataset.json.
 
 def open_image_zip(source: str, *, max_images: Optional[int]):
     try:
@@ -354,6 +355,7 @@ def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, tr
     return len(labels)
 
 #----------------------------------------------------------------------------
+# Command line.
 
 @click.command()
 @click.option('--source',     help='Input: image folder, .zip, cifar-10-python.tar.gz or train-images-idx3-ubyte.gz', metavar='PATH', type=str, required=True)

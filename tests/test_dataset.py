@@ -42,6 +42,7 @@ def _make(tmp_path, n=10, res=8, channels=3, labels='int', name='data'):
     return folder, zip_path, np.stack(images).transpose(0, 3, 1, 2)
 
 #----------------------------------------------------------------------------
+# Reading, labels and the base-class options.
 
 def test_folder_and_zip_agree_and_properties(tmp_path):
     folder, zip_path, images = _make(tmp_path)
