@@ -135,7 +135,7 @@ def test_errors(tmp_path):
         ImageFolderDataset(str(zip_path), resolution=16)
     assert ImageFolderDataset(str(zip_path), resolution=8).resolution == 8
     with pytest.raises(ValueError, match='no labels'):
-        ImageFolderDataset(str(zip_path), use_labels=True).label_dim
+        ImageFolderDataset(str(zip_path), use_labels=True)
     (tmp_path / 'bad.zip').write_bytes(b'this is not a zip archive')
     with pytest.raises(ValueError, match='Corrupt or invalid zip'):
         ImageFolderDataset(str(tmp_path / 'bad.zip'))
@@ -166,6 +166,6 @@ def test_errors(tmp_path):
     PIL.Image.new('RGB', (8, 8)).save(partial / 'b.png')
     (partial / 'dataset.json').write_text(json.dumps({'labels': [['a.png', 1]]}))
     with pytest.raises(ValueError, match='no label for b.png'):
-        ImageFolderDataset(str(partial), use_labels=True)[0]
+        ImageFolderDataset(str(partial), use_labels=True)
 
 #----------------------------------------------------------------------------

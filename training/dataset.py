@@ -201,6 +201,8 @@ class ImageFolderDataset(Dataset):
             raise ValueError(f'Images in {self._path} do not match the requested resolution: '
                 f'asked for {resolution}x{resolution}, found {raw_shape[3]}x{raw_shape[2]} ({self._image_fnames[0]})')
         super().__init__(name=name, raw_shape=raw_shape, **super_kwargs)
+        if self._use_labels:
+            self._get_raw_labels() # Fail now, not in a loader worker, if labels are missing or malformed.
 
     @staticmethod
     def _file_ext(fname):
