@@ -8,6 +8,13 @@ from torch_utils import persistence
 from torch_utils import misc
 
 #----------------------------------------------------------------------------
+# Decomposition lowpass taps of the sym6 wavelet (12 taps, sum sqrt(2)).
+
+def _sym6_taps():
+    import pywt # Lazy: this module's source is embedded in snapshots.
+    return [float(x) for x in pywt.Wavelet('sym6').dec_lo]
+
+#----------------------------------------------------------------------------
 # Batched 3x3 / 4x4 homogeneous matrices. Each entry is a Python number or a
 # tensor of shape [N]; the result is [N, D, D] (or [D, D] if all are numbers).
 
@@ -170,8 +177,7 @@ class AugmentPipe:
         self.saturation_std     = float(saturation_std)     # Log2 standard deviation of saturation.
 
         # Lowpass filter of the 2x resampling around the geometric warp.
-        import pywt # Lazy: this module's source is embedded in snapshots.
-        self.filter_sym6        = [float(x) for x in pywt.Wavelet('sym6').dec_lo]
+        self.filter_sym6        = _sym6_taps()
 
     def __call__(self, images):
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
@@ -250,7 +256,8 @@ class AugmentPipe:
             labels += [w[0], w[1]]
 
         if G_inv is not I_3:
-            images = _warp(images, G_inv, self.filter_sym6)
+            taps = self.__dict__.get('filter_sym6') or _sym6_taps() # State restored without __init__ may lack it.
+            images = _warp(images, G_inv, taps)
 
         # Color transformations: accumulate one 4x4 affine color matrix per image.
         I_4 = torch.eye(4, device=device)
