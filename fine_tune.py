@@ -110,6 +110,10 @@ SWEEP_REGULARIZERS = [
     ['--spectral=wavelet', '--spectral-wavelet=bior1.3'],
 ]
 
+def _script_path():
+    rel = os.path.relpath(os.path.abspath(__file__))
+    return rel if not rel.startswith('..') else os.path.abspath(__file__)
+
 def sweep_commands(network, launcher, passthrough):
     m = re.search(r'-(vp|ve)\.pkl$', network)
     if not m:
@@ -117,7 +121,7 @@ def sweep_commands(network, launcher, passthrough):
     commands = []
     for arch in ['vp', 've']:
         net = network[:m.start()] + f'-{arch}.pkl'
-        base = launcher + ['fine_tune.py', f'--network={net}'] + passthrough
+        base = launcher + [_script_path(), f'--network={net}'] + passthrough
         commands.append(base + ['--spectral=none', '--desc=sweep-none'])
         for reg in SWEEP_REGULARIZERS:
             for weight in ['weighted', '1']:
@@ -125,21 +129,25 @@ def sweep_commands(network, launcher, passthrough):
                 commands.append(base + reg + [f'--spectral-weight={weight}', f'--desc=sweep-{tag}'])
     return commands
 
-def run_sweep(argv, network, nproc, dry_run):
-    # Drop the sweep-only options and the --network; keep everything else for each run.
-    passthrough = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
+def sweep_passthrough(ctx):
+    """The options given on the command line, as arguments for each run of the sweep."""
+    skip = {'sweep', 'dry_run', 'network', 'nproc', 'spectral', 'spectral_weight', 'spectral_wavelet', 'desc'}
+    args = []
+    for param in ctx.command.params:
+        if param.name in skip or ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
             continue
-        name = arg.split('=')[0]
-        if name in ('--sweep', '--dry-run', '-n'):
-            continue
-        if name in ('--network', '--nproc', '--spectral', '--spectral-weight', '--spectral-wavelet', '--desc'):
-            skip = ('=' not in arg)
-            continue
-        passthrough.append(arg)
+        value = ctx.params[param.name]
+        flag = max(param.opts, key=len)
+        if getattr(param, 'is_flag', False):
+            args += [flag] if value else []
+        elif isinstance(value, list):
+            args.append(f'{flag}=' + ','.join(str(v) if not isinstance(v, list) else ':'.join(str(x) for x in v) for v in value))
+        else:
+            args.append(f'{flag}={value}')
+    return args
+
+def run_sweep(ctx, network, nproc, dry_run):
+    passthrough = sweep_passthrough(ctx)
     launcher = ['torchrun', '--standalone', f'--nproc_per_node={nproc}'] if nproc > 1 else [sys.executable]
     commands = sweep_commands(network, launcher, passthrough)
     for i, cmd in enumerate(commands):
@@ -220,7 +228,7 @@ def main(**kwargs):
     """
     opts = dnnlib.EasyDict(kwargs)
     if opts.sweep:
-        run_sweep(sys.argv[1:], opts.network, opts.nproc, opts.dry_run)
+        run_sweep(click.get_current_context(), opts.network, opts.nproc, opts.dry_run)
         return
     try:
         device = dist.init(opts.device)

@@ -141,10 +141,13 @@ def launch_training(c, desc, outdir, nosubdir, dry_run, device, summary):
             json.dump(c, f, indent=2)
         logger = dnnlib.util.Logger(file_name=os.path.join(c.run_dir, 'log.txt'), file_mode='a', should_flush=True)
     try:
-        return training_loop.training_loop(**c, device=device)
+        result = training_loop.training_loop(**c, device=device)
     finally:
         if logger is not None:
             logger.close()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return result
 
 #----------------------------------------------------------------------------
 # Resolve --resume: the state file, its kimg and (when present) its sibling snapshot.

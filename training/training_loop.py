@@ -352,6 +352,7 @@ def training_loop(
         if stats_jsonl is not None:
             stats_jsonl.close()
 
+    dist.barrier() # no rank leaves while another still writes or syncs
     dist.print0()
     dist.print0('Exiting...')
     return dnnlib.EasyDict(run_dir=run_dir, cur_nimg=cur_nimg, last_snapshot=last_snapshot, stopped_early=bool(_stop_requested))

@@ -1,0 +1,359 @@
+"""Tests of training/training_loop.py and train.py: tiny real runs on the CPU."""
+
+import glob
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import dnnlib
+import train
+from training import training_loop
+
+#----------------------------------------------------------------------------
+# Helpers shared with test_fine_tune.py.
+
+def make_dataset(path, num=16, res=8, channels=3, num_classes=0, seed=0):
+    """Folder of PNGs in dataset_tool.py's layout, with dataset.json."""
+    rnd = np.random.RandomState(seed)
+    labels = []
+    for idx in range(num):
+        name = f'{idx // 1000:05d}/img{idx:08d}.png'
+        os.makedirs(os.path.join(path, os.path.dirname(name)), exist_ok=True)
+        # Smooth random images (a few low frequencies), so that the nets have something to learn.
+        yy, xx = np.mgrid[0:res, 0:res] / res
+        img = np.stack([np.sin(2 * np.pi * (rnd.uniform(0.5, 2) * xx + rnd.uniform(0.5, 2) * yy) + rnd.uniform(0, 6)) for _ in range(channels)], axis=-1)
+        img = np.clip(img * 100 + 128, 0, 255).astype(np.uint8)
+        PIL.Image.fromarray(img[:, :, 0] if channels == 1 else img).save(os.path.join(path, name))
+        labels.append([name, int(rnd.randint(num_classes))] if num_classes else None)
+    with open(os.path.join(path, 'dataset.json'), 'w') as f:
+        json.dump({'labels': labels if num_classes else None}, f)
+    return path
+
+TINY_ARCHS = {
+    'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
+        channel_mult_noise=1, resample_filter=[1,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
+    'ncsnpp': dict(model_type='SongUNet', embedding_type='fourier', encoder_type='residual', decoder_type='standard',
+        channel_mult_noise=2, resample_filter=[1,3,3,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
+    'adm':    dict(model_type='DhariwalUNet', model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
+}
+
+def loop_kwargs(run_dir, data, precond='edm', arch='ddpmpp', augment=None, **overrides):
+    net_class, loss_class = train.PRECONDS[precond]
+    network_kwargs = dict(class_name=net_class, dropout=0.1, **TINY_ARCHS[arch])
+    if augment:
+        network_kwargs['augment_dim'] = 9
+    kwargs = dict(
+        run_dir=run_dir,
+        dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=False, xflip=False, cache=True),
+        data_loader_kwargs=dict(num_workers=0),
+        network_kwargs=network_kwargs,
+        loss_kwargs=dict(class_name=loss_class),
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
+        augment_kwargs=train.augment_pipe_kwargs(augment) if augment else None,
+        seed=1, batch_size=4, total_kimg=0.008, kimg_per_tick=0.004, snapshot_ticks=1, state_dump_ticks=1,
+        ema_halflife_kimg=0.01, lr_rampup_kimg=0, device='cpu', stop_on_signal=False,
+    )
+    kwargs.update(overrides)
+    os.makedirs(run_dir, exist_ok=True)
+    return kwargs
+
+def read_stats(run_dir):
+    with open(os.path.join(run_dir, 'stats.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+def load_state(path):
+    from edm_spectral.checkpoints import load_training_state
+    return load_training_state(path)
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    return make_dataset(str(tmp_path_factory.mktemp('data') / 'tiny-8x8'))
+
+@pytest.fixture(scope='module')
+def labeled_data(tmp_path_factory):
+    return make_dataset(str(tmp_path_factory.mktemp('ldata') / 'tinycond-8x8'), num_classes=3)
+
+#----------------------------------------------------------------------------
+# Known answers of the schedules.
+
+def test_lr_and_ema_schedules():
+    assert training_loop.learning_rate_factor(0, 10000) == 0
+    assert training_loop.learning_rate_factor(5e6, 10000) == 0.5
+    assert training_loop.learning_rate_factor(2e7, 10000) == 1
+    assert training_loop.learning_rate_factor(0, 0) == 1 # no ramp: full rate at the first step
+    # EDM's numbers for FFHQ: batch 256, half-life 500 kimg, no ramp-up.
+    assert training_loop.ema_beta(0, 256, 500, None) == pytest.approx(0.5 ** (256 / 500000))
+    # Ramp-up: the half-life is capped at 5% of the images seen; 0 images = no averaging.
+    assert training_loop.ema_beta(1000, 4, 500, 0.05) == pytest.approx(0.5 ** (4 / 50))
+    assert training_loop.ema_beta(0, 4, 500, 0.05) == 0
+    assert training_loop.ema_beta(10, 4, 0, None) == 0 # half-life 0: the EMA is the raw net
+
+#----------------------------------------------------------------------------
+# A few steps of every preconditioner x architecture.
+
+@pytest.mark.parametrize('precond', ['vp', 've', 'edm', 'ddpm'])
+@pytest.mark.parametrize('arch', ['ddpmpp', 'ncsnpp', 'adm'])
+def test_precond_arch_steps(tmp_path, data, precond, arch):
+    run_dir = str(tmp_path / 'run')
+    augment = 0.5 if (precond, arch) in [('edm', 'ddpmpp'), ('vp', 'ncsnpp')] else None
+    result = training_loop.training_loop(**loop_kwargs(run_dir, data, precond=precond, arch=arch, augment=augment, state_dump_ticks=None))
+    assert result.cur_nimg == 8
+    stats = read_stats(run_dir)
+    assert len(stats) == 2 # tick 0 and the final tick
+    assert all(np.isfinite(s['Loss/loss']['mean']) for s in stats)
+    assert stats[0]['Loss/loss']['num'] == 4 * 3 * 8 * 8 # one reported value per element
+    from edm_spectral.checkpoints import load_snapshot
+    snap = load_snapshot(result.last_snapshot)
+    assert type(snap['ema']).__name__ == train.PRECONDS[precond][0].split('.')[-1]
+    assert type(snap['loss_fn']).__name__ == train.PRECONDS[precond][1].split('.')[-1]
+    assert (snap['augment_pipe'] is not None) == bool(augment)
+    x = torch.zeros([1, 3, 8, 8])
+    assert torch.isfinite(snap['ema'](x, torch.ones([1]))).all()
+
+#----------------------------------------------------------------------------
+# N steps, stop, resume M steps == N+M steps, bitwise (RNG, data order, EMA, Adam, accumulation).
+
+def test_resume_is_bitwise_exact(tmp_path, data):
+    common = dict(augment=0.5, batch_gpu=2, ema_halflife_kimg=0.01, lr_rampup_kimg=0.01) # dropout 0.1 draws from the RNG too
+    full = training_loop.training_loop(**loop_kwargs(str(tmp_path / 'full'), data, total_kimg=0.02, **common))
+    part = training_loop.training_loop(**loop_kwargs(str(tmp_path / 'part'), data, total_kimg=0.012, **common))
+    state_path = os.path.join(part.run_dir, 'training-state-000000.pt')
+    rest = training_loop.training_loop(**loop_kwargs(str(tmp_path / 'rest'), data, total_kimg=0.02, resume_state_dump=state_path, **common))
+    a = load_state(os.path.join(full.run_dir, 'training-state-000000.pt'))
+    b = load_state(os.path.join(rest.run_dir, 'training-state-000000.pt'))
+    p = load_state(state_path)
+    assert (a['cur_nimg'], p['cur_nimg'], b['cur_nimg']) == (20, 12, 20)
+    sa, sb, sp = a['net'].state_dict(), b['net'].state_dict(), p['net'].state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sp[k]) for k in sa) # the resumed run did train
+    assert all(torch.equal(a['ema_state'][k], b['ema_state'][k]) for k in a['ema_state'])
+    assert all(torch.equal(x, y) for x, y in zip(a['rng_states'][0]['torch'], b['rng_states'][0]['torch']))
+    # The per-tick losses of the resumed run continue the uninterrupted run's.
+    assert read_stats(full.run_dir)[-1]['Loss/loss']['mean'] == read_stats(rest.run_dir)[-1]['Loss/loss']['mean']
+
+#----------------------------------------------------------------------------
+# Snapshot cadence as EDM: tick 0 snapshot, no tick 0 state; final snapshot and state.
+
+def test_snapshot_and_state_cadence(tmp_path, data):
+    run_dir = str(tmp_path / 'run')
+    training_loop.training_loop(**loop_kwargs(run_dir, data, total_kimg=0.004, kimg_per_tick=1, batch_size=2))
+    # Two steps: tick 0 after step 1 (snapshot only), then done (snapshot + state).
+    assert sorted(os.listdir(run_dir)) == ['network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.pt']
+    assert len(read_stats(run_dir)) == 2
+
+#----------------------------------------------------------------------------
+# Graceful stop: a stop request ends the run after the current step with snapshot + state.
+
+def test_stop_request_writes_final_state(tmp_path, data, monkeypatch):
+    calls = []
+    def should_stop():
+        calls.append(1)
+        return len(calls) >= 2
+    monkeypatch.setattr(training_loop.dist, 'should_stop', should_stop)
+    run_dir = str(tmp_path / 'run')
+    result = training_loop.training_loop(**loop_kwargs(run_dir, data, total_kimg=1, state_dump_ticks=100, snapshot_ticks=100))
+    assert result.cur_nimg == 8
+    assert load_state(os.path.join(run_dir, 'training-state-000000.pt'))['cur_nimg'] == 8
+
+#----------------------------------------------------------------------------
+# train.py end to end: dry run, run dir naming, options file, logs, snapshot loading and
+# sampling, spectral pass-through, --transfer and --resume.
+
+TRAIN_ARGS = ['--device=cpu', '--cbase=16', '--cres=1,2', '--batch=4', '--duration=0.000008', '--tick=1', '--seed=3', '--dump=1']
+
+def run_cli(command, args):
+    result = CliRunner().invoke(command, args, catch_exceptions=False)
+    return result
+
+def test_train_cli_end_to_end(tmp_path, labeled_data):
+    outdir = str(tmp_path / 'runs')
+    args = [f'--outdir={outdir}', f'--data={labeled_data}', '--cond=1'] + TRAIN_ARGS
+
+    # Dry run: prints the options, creates nothing.
+    res = run_cli(train.main, args + ['--dry-run'])
+    assert res.exit_code == 0, res.output
+    assert 'Dry run; exiting.' in res.output and not os.path.exists(outdir)
+
+    # Real run with a spectral term.
+    spectral = ['--spectral=wavelet', '--spectral-wavelet=bior1.3', '--spectral-weight=0.5', '--spectral-levels=2']
+    res = run_cli(train.main, args + spectral)
+    assert res.exit_code == 0, res.output
+    run_dir = os.path.join(outdir, '00000-tinycond-8x8-cond-ddpmpp-edm-gpus1-batch4-fp32')
+    assert sorted(os.listdir(run_dir)) == ['log.txt', 'network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.pt', 'training_options.json']
+    with open(os.path.join(run_dir, 'training_options.json')) as f:
+        c = json.load(f)
+    edm_keys = ['dataset_kwargs', 'data_loader_kwargs', 'network_kwargs', 'loss_kwargs', 'optimizer_kwargs', 'augment_kwargs',
+        'total_kimg', 'ema_halflife_kimg', 'batch_size', 'batch_gpu', 'loss_scaling', 'cudnn_benchmark', 'kimg_per_tick',
+        'snapshot_ticks', 'state_dump_ticks', 'seed']
+    assert list(c)[:len(edm_keys)] == edm_keys and list(c)[-1] == 'run_dir'
+    assert list(c['dataset_kwargs']) == ['class_name', 'path', 'use_labels', 'xflip', 'cache', 'resolution', 'max_size']
+    assert c['dataset_kwargs']['resolution'] == 8 and c['dataset_kwargs']['max_size'] == 16
+    assert list(c['network_kwargs'])[-4:] == ['class_name', 'augment_dim', 'dropout', 'use_fp16']
+    assert c['network_kwargs']['model_channels'] == 16 and c['network_kwargs']['channel_mult'] == [1, 2]
+    assert c['augment_kwargs'] == dict(class_name='training.augment.AugmentPipe', p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
+    sk = c['loss_kwargs']['spectral_kwargs']
+    assert (sk['kind'], sk['wavelet'], sk['weight'], sk['levels']) == ('wavelet', 'bior1.3', 0.5, 2)
+    assert c['total_kimg'] == pytest.approx(0.008) and c['ema_halflife_kimg'] == 500 and c['lr_rampup_kimg'] == 10000
+    assert c['ema_rampup_ratio'] == 0.05 and c['seed'] == 3
+
+    with open(os.path.join(run_dir, 'log.txt')) as f:
+        log = f.read()
+    assert 'tick 0' in log and 'Exiting...' in log
+    stats = read_stats(run_dir)
+    for key in ['Loss/loss', 'Loss/base', 'Loss/spectral', 'Progress/kimg', 'Timing/sec_per_kimg', 'Resources/cpu_mem_gb']:
+        assert key in stats[-1], key
+    assert stats[-1]['Loss/spectral']['num'] == 4 # one L_S per sample
+
+    # The snapshot: EDM's dict, loadable by plain pickle and by the safe loader; generate.py samples it.
+    snap_path = os.path.join(run_dir, 'network-snapshot-000000.pkl')
+    with open(snap_path, 'rb') as f:
+        raw = pickle.load(f)
+    assert sorted(raw) == ['augment_pipe', 'dataset_kwargs', 'ema', 'loss_fn']
+    assert raw['dataset_kwargs']['path'] == labeled_data and not raw['ema'].training
+    from edm_spectral.checkpoints import load_snapshot
+    safe = load_snapshot(snap_path)
+    assert safe['loss_fn'].init_kwargs['spectral_kwargs']['wavelet'] == 'bior1.3'
+    assert all(torch.equal(a, b) for a, b in zip(raw['ema'].state_dict().values(), safe['ema'].state_dict().values()))
+    from generate import generate_images
+    images = generate_images(safe['ema'], [0, 1], device=torch.device('cpu'), num_steps=4)
+    assert images.dtype == torch.uint8 and tuple(images.shape) == (2, 3, 8, 8)
+
+    # --transfer: fresh optimizer and LR ramp from 0, so a one-step run leaves the weights
+    # unchanged and its EMA equals the source bitwise.
+    res = run_cli(train.main, [f'--outdir={outdir}', f'--data={labeled_data}', '--cond=1', f'--transfer={snap_path}'] + TRAIN_ARGS + ['--duration=0.000004'])
+    assert res.exit_code == 0, res.output
+    run_dir2 = os.path.join(outdir, '00001-tinycond-8x8-cond-ddpmpp-edm-gpus1-batch4-fp32')
+    with open(os.path.join(run_dir2, 'training_options.json')) as f:
+        c2 = json.load(f)
+    assert c2['resume_pkl'] == snap_path and c2['ema_rampup_ratio'] is None and 'resume_state_dump' not in c2
+    moved = load_snapshot(os.path.join(run_dir2, 'network-snapshot-000000.pkl'))['ema']
+    assert all(torch.equal(a, b) for a, b in zip(safe['ema'].state_dict().values(), moved.state_dict().values()))
+
+    # --resume: continues from the state's image count, in a new run dir.
+    state_path = os.path.join(run_dir, 'training-state-000000.pt')
+    res = run_cli(train.main, [f'--outdir={outdir}', f'--data={labeled_data}', '--cond=1', f'--resume={state_path}', '--desc=more',
+        '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=4', '--duration=0.000016', '--tick=1', '--seed=3', '--dump=1'])
+    assert res.exit_code == 0, res.output
+    run_dir3 = os.path.join(outdir, '00002-tinycond-8x8-cond-ddpmpp-edm-gpus1-batch4-fp32-more')
+    with open(os.path.join(run_dir3, 'training_options.json')) as f:
+        c3 = json.load(f)
+    assert c3['resume_state_dump'] == state_path and c3['resume_kimg'] == 0 and c3['resume_pkl'] == snap_path
+    assert load_state(os.path.join(run_dir3, 'training-state-000000.pt'))['cur_nimg'] == 16
+    assert len(read_stats(run_dir3)) == 2 # 8 -> 16 images: tick 0 and the final tick
+
+#----------------------------------------------------------------------------
+# Bad options give clear messages, not tracebacks.
+
+def test_train_cli_errors(tmp_path, data):
+    outdir = str(tmp_path / 'runs')
+    base = [f'--outdir={outdir}', '--device=cpu', '--dry-run']
+    cases = [
+        ([f'--data={tmp_path}/missing.zip'], 'not found'),
+        ([f'--data={data}', '--cond=1'], 'labels'),
+        ([f'--data={data}', f'--resume={tmp_path}/state.pt'], 'training-state-<kimg>.pt'),
+        ([f'--data={data}', f'--resume={tmp_path}/training-state-000010.pt'], 'file not found'),
+        ([f'--data={data}', f'--transfer={tmp_path}/net.pkl'], 'file not found'),
+        ([f'--data={data}', '--batch=6', '--batch-gpu=4'], 'must divide'),
+        ([f'--data={data}', '--arch=unet'], "'unet' is not one of"),
+        ([f'--data={data}', '--cres=1,x'], 'not an integer'),
+        ([f'--data={data}', '--spectral=fourier', ], "'fourier' is not one of"),
+        ([f'--data={data}', '--ema-rampup=-1'], 'must be >= 0'),
+        ([f'--data={data}', '--device=cuda:7'], 'CUDA'),
+    ]
+    for args, message in cases:
+        res = CliRunner().invoke(train.main, base + args)
+        assert res.exit_code != 0 and message in res.output, (args, res.output)
+        assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), (args, res.exception)
+    state = tmp_path / 'training-state-000010.pt'
+    state.write_bytes(b'x')
+    res = CliRunner().invoke(train.main, base + [f'--data={data}', f'--resume={state}', f'--transfer={state}'])
+    assert res.exit_code != 0 and 'cannot be specified at the same time' in res.output
+
+def test_parse_helpers():
+    assert train.parse_int_list('1,2,5-7') == [1, 2, 5, 6, 7]
+    assert train.parse_ema_rampup('none') == 'none' and train.parse_ema_rampup('0.1') == 0.1
+    assert train.duration_to_kimg(200) == 200000 and train.duration_to_kimg(0.0015) == 1 # EDM rounds down to whole kimg
+    assert train.duration_to_kimg(0.000008) == pytest.approx(0.008) # below 1 kimg: exact, for smoke tests
+
+#----------------------------------------------------------------------------
+# Two Gloo processes under torchrun: identical weights on both ranks (checked at every
+# snapshot by check_ddp_consistency on the raw net) and the same result as one process with
+# the same total batch, up to float32 round-off. The loss is deterministic here, so that
+# the per-rank noise streams do not enter the comparison.
+
+DDP_DRIVER = textwrap.dedent('''
+    import os, sys
+    sys.path.insert(0, {root!r})
+    import torch
+    from training import training_loop
+
+    class DeterministicLoss:
+        def __call__(self, net, images, labels=None, augment_pipe=None):
+            sigma = (images.mean(dim=[1, 2, 3], keepdim=True).abs() + 0.5)
+            y = images + torch.sin(images * 7 + 1) * sigma
+            return (net(y, sigma.flatten(), labels) - images) ** 2 / sigma ** 2
+
+    def main(run_dir):
+        os.makedirs(run_dir, exist_ok=True)
+        training_loop.training_loop(run_dir=run_dir,
+            dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path={data!r}, cache=True),
+            data_loader_kwargs=dict(num_workers=0),
+            network_kwargs=dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', model_channels=16, channel_mult=[1,2],
+                num_blocks=1, attn_resolutions=[4], dropout=0),
+            loss_kwargs=dict(class_name='ddp_driver.DeterministicLoss'),
+            optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
+            seed=0, batch_size=8, batch_gpu=2, total_kimg=0.024, kimg_per_tick=0.008, snapshot_ticks=1, state_dump_ticks=100,
+            ema_halflife_kimg=0.01, lr_rampup_kimg=0, export_net='raw', device='cpu')
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    if __name__ == '__main__': # the loss is imported from this file by name: do not train on import
+        main(sys.argv[1])
+''')
+
+def test_ddp_gloo_matches_single_process(tmp_path):
+    data = make_dataset(str(tmp_path / 'data'), num=64)
+    driver = tmp_path / 'ddp_driver.py'
+    driver.write_text(DDP_DRIVER.format(root=ROOT, data=data))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+    for key in ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']:
+        env.pop(key, None)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', str(driver), str(tmp_path / 'ddp')]
+    res = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = subprocess.run([sys.executable, str(driver), str(tmp_path / 'single')], env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    a = load_state(str(tmp_path / 'ddp' / 'training-state-000000.pt'))
+    b = load_state(str(tmp_path / 'single' / 'training-state-000000.pt'))
+    assert a['world_size'] == 2 and b['world_size'] == 1 and a['cur_nimg'] == b['cur_nimg'] == 24
+    assert len(a['rng_states']) == 2
+    sa, sb = a['net'].state_dict(), b['net'].state_dict()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5)
+    # The runs did move the weights away from the common initialisation (seed 0 on rank 0).
+    np.random.seed(0)
+    torch.manual_seed(np.random.randint(1 << 31))
+    init = dnnlib.util.construct_class_by_name(class_name='training.networks.EDMPrecond', img_resolution=8, img_channels=3, label_dim=0,
+        model_type='SongUNet', model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4], dropout=0).state_dict()
+    assert max((sa[k] - init[k]).abs().max().item() for k in sa) > 1e-3
+
+#----------------------------------------------------------------------------
