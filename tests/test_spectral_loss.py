@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from edm_spectral.cli import spectral_kwargs_from_options, spectral_options
-from training.spectral_loss import SpectralLoss, effective_levels, safe_angle, wavedec, wavelet_filters, wrap_phase
+from training import spectral_loss
+from training.spectral_loss import SpectralLoss, effective_levels, safe_angle, wavedec, wrap_phase
 
 # pywt warns when asked for more levels than dwt_max_level (used on purpose for tiny inputs).
 pytestmark = pytest.mark.filterwarnings('ignore:Level value of:UserWarning')
@@ -112,14 +113,16 @@ def test_product_gate_is_mean_phase():
 
 @pytest.mark.parametrize('name', ['haar', 'bior1.3', 'db2'])
 @pytest.mark.parametrize('mode', ['symmetric', 'periodization', 'zero', 'reflect', 'periodic', 'constant'])
-def test_wavedec_matches_pywt(name, mode):
+@pytest.mark.parametrize('path', ['matrix', 'conv'])
+def test_wavedec_matches_pywt(name, mode, path, monkeypatch):
+    if path == 'conv': # Force the convolution path (used for long axes) on small inputs.
+        monkeypatch.setattr(spectral_loss, '_matrix_max_len', 0)
     rng = np.random.default_rng(3)
-    filters = wavelet_filters(name, 'cpu', torch.float64)
     for shape in [(2, 3, 8, 8), (1, 2, 9, 7), (1, 1, 16, 13), (1, 1, 3, 3)]:
         x = rng.standard_normal(shape)
         J = effective_levels(3, shape[2:], name)
         ref = pywt.wavedec2(x, name, mode=mode, level=J)
-        got = wavedec(torch.from_numpy(x), filters, mode, J)
+        got = wavedec(torch.from_numpy(x), name, mode, J)
         assert len(got) == len(ref) == J + 1
         np.testing.assert_allclose(got[0].numpy(), ref[0], atol=1e-12)
         for r, g in zip(ref[1:], got[1:]):
@@ -130,10 +133,19 @@ def test_wavedec_matches_pywt(name, mode):
         x = rng.standard_normal((2, 2, length))
         J = effective_levels(3, (length,), name)
         ref = pywt.wavedec(x, name, mode=mode, level=J)
-        got = wavedec(torch.from_numpy(x), filters, mode, J)
+        got = wavedec(torch.from_numpy(x), name, mode, J)
         for r, g in zip(ref, got):
             assert g.shape == r.shape
             np.testing.assert_allclose(g.numpy(), r, atol=1e-12)
+
+def test_wavelet_long_signal_uses_conv_path():
+    # 1-D audio-length input: above _matrix_max_len, checked against pywt and the float64 matrix path.
+    x = torch.randn(2, 1, 1001, dtype=torch.float64)
+    for name in ['haar', 'bior1.3']:
+        ref = pywt.wavedec(x.numpy(), name, mode='symmetric', level=3)
+        got = wavedec(x, name, 'symmetric', 3)
+        for r, g in zip(ref, got):
+            np.testing.assert_allclose(g.numpy(), r, atol=1e-10)
 
 def test_effective_levels_caps_by_size():
     assert effective_levels(3, (32, 32), 'haar') == 3

@@ -91,37 +91,108 @@ def _extension_index(k, n, mode):
     raise ValueError(f'Unsupported wavelet boundary mode {mode!r}; choose from {", ".join(_wavelet_modes)}')
 
 #----------------------------------------------------------------------------
+# Extend the last axis by left/right samples as PyWavelets does. Pads up to
+# the signal length use slicing or F.pad (cheap, also backward); longer ones
+# (tiny signals at deep levels) a gather.
+
+_pad_modes = dict(zero='constant', constant='replicate', reflect='reflect', periodic='circular', periodization='circular')
+
+def _extend(x, left, right, mode):
+    n = x.shape[-1]
+    if left == 0 and right == 0:
+        return x
+    if mode == 'symmetric' and max(left, right) <= n:
+        return torch.cat([x[..., :left].flip(-1), x, x[..., n - right:].flip(-1)], dim=-1)
+    lead = x.shape[:-1]
+    x = x.reshape(-1, 1, n)
+    if mode in _pad_modes and max(left, right) < n:
+        return torch.nn.functional.pad(x, [left, right], mode=_pad_modes[mode]).reshape(*lead, n + left + right)
+    idx = _extension_index(np.arange(-left, n + right), n, mode)
+    if mode == 'zero':
+        x = torch.nn.functional.pad(x, [0, 1])
+    return x[..., torch.as_tensor(idx, device=x.device)].reshape(*lead, n + left + right)
+
+#----------------------------------------------------------------------------
+# Geometry of one DWT level on a length-n axis with an F-tap filter, chosen
+# so that output i = sum_j f[j] * ext(x)[2i + 1 + s - j] as in PyWavelets
+# (s = F/2 - 1 for 'periodization', which first pads odd lengths with the
+# last sample; s = 0 otherwise). Returns (odd_pad, n_out, left, right).
+
+def _dwt_geometry(n, F, mode):
+    if mode == 'periodization':
+        odd = n % 2
+        n_out, start = (n + odd) // 2, F // 2 + 1 - F
+        return odd, n_out, -start, start + 2 * (n_out - 1) + F - (n + odd)
+    n_out, start = (n + F - 1) // 2, 2 - F
+    return 0, n_out, -start, start + 2 * (n_out - 1) + F - n
+
+def _prepare_axis(x, F, mode):
+    odd, n_out, left, right = _dwt_geometry(x.shape[-1], F, mode)
+    if odd:
+        x = torch.cat([x, x[..., -1:]], dim=-1)
+    return _extend(x, left, right, mode), n_out
+
+#----------------------------------------------------------------------------
 # One level of the 1-D DWT along the last axis, coefficient for coefficient
 # equal to pywt.dwt(x, wavelet, mode). Returns [..., 2, n_out] (approx, detail).
-# Output i is sum_j f[j] * ext(x)[2i + 1 + s - j], s = F/2 - 1 for
-# 'periodization' (after padding odd lengths with the last sample), else 0.
 
-def dwt_last_axis(x, filters, mode):
+def dwt1(x, filters, mode):
     F = filters.shape[-1]
-    if mode == 'periodization' and x.shape[-1] % 2 == 1:
-        x = torch.cat([x, x[..., -1:]], dim=-1)
-    n = x.shape[-1]
-    if mode == 'periodization':
-        n_out, start = n // 2, F // 2 + 1 - F
-    else:
-        n_out, start = (n + F - 1) // 2, 2 - F
     lead = x.shape[:-1]
-    x = x.reshape(-1, n)
-
-    # Fast path: Haar on an even length reads disjoint pairs of samples, no extension.
-    if F == 2 and start == 0 and n == 2 * n_out:
+    x, n_out = _prepare_axis(x, F, mode)
+    if F == 2 and x.shape[-1] == 2 * n_out: # Haar without extension: disjoint pairs.
         y = x.reshape(-1, n_out, 2) @ filters[:, 0, :].t()
         return y.transpose(1, 2).reshape(*lead, 2, n_out)
-
-    # General path: gather the extended signal, then a stride-2 correlation.
-    k = np.arange(start, start + 2 * (n_out - 1) + F)
-    idx = _extension_index(k, n, mode)
-    if not (len(idx) == n and np.array_equal(idx, np.arange(n))):
-        if mode == 'zero':
-            x = torch.nn.functional.pad(x, [0, 1])
-        x = x[:, torch.as_tensor(idx, device=x.device)]
-    y = torch.nn.functional.conv1d(x.unsqueeze(1), filters, stride=2)
+    y = torch.nn.functional.conv1d(x.reshape(-1, 1, x.shape[-1]), filters, stride=2)
     return y.reshape(*lead, 2, n_out)
+
+#----------------------------------------------------------------------------
+# One level of the 2-D DWT over the last two axes, equal to pywt.dwt2.
+# The separable filters are applied as one stride-2 conv2d with the four
+# outer-product kernels. Returns [..., 4, H', W'], band 2h + w for pass h
+# along H and w along W (0 = low, 1 = high): LL, cV, cH, cD in pywt's names.
+
+def dwt2(x, filters, mode):
+    F = filters.shape[-1]
+    lead = x.shape[:-2]
+    x, w_out = _prepare_axis(x, F, mode)
+    x, h_out = _prepare_axis(x.transpose(-1, -2), F, mode)
+    x = x.transpose(-1, -2)
+    g = filters[:, 0, :]
+    kernel = (g[:, None, :, None] * g[None, :, None, :]).reshape(4, F, F) # [2h + w, a, b] = g_h[a] g_w[b]
+    if F == 2 and x.shape[-2:] == (2 * h_out, 2 * w_out): # Haar without extension: disjoint 2x2 blocks.
+        y = torch.einsum('...iajb,kab->...kij', x.reshape(*lead, h_out, 2, w_out, 2), kernel)
+        return y
+    y = torch.nn.functional.conv2d(x.reshape(-1, 1, *x.shape[-2:]), kernel.unsqueeze(1), stride=2)
+    return y.reshape(*lead, 4, h_out, w_out)
+
+#----------------------------------------------------------------------------
+# One DWT level on a length-n axis as a dense [2 * n_out, n] matrix (low-pass
+# rows, then high-pass rows) with the boundary extension folded in. For short
+# axes (images) a matmul is cheaper than a stride-2 convolution, notably in
+# the backward pass on CPU.
+
+_matrix_cache = dict()
+_matrix_max_len = 256       # Longer axes (audio) use the convolution path.
+
+def analysis_matrix(name, n, mode, device, dtype):
+    key = (name, n, mode, str(device), dtype)
+    if key not in _matrix_cache:
+        g = wavelet_filters(name, 'cpu', torch.float64)[:, 0, :].numpy()
+        F = g.shape[-1]
+        odd, n_out, left, right = _dwt_geometry(n, F, mode)
+        m = n + odd
+        idx = _extension_index(np.arange(-left, m + right), m, mode)
+        if odd:
+            idx = np.minimum(idx, n - 1) # The odd-length pad repeats the last sample.
+        rows = np.repeat(np.arange(n_out), F)
+        taps = np.tile(np.arange(F), n_out)
+        cols = idx[2 * rows + taps]
+        A = np.zeros([2, n_out, n + 1]) # Column n collects the 'zero' mode's padding.
+        for band in range(2):
+            np.add.at(A[band], (rows, cols), g[band, taps])
+        _matrix_cache[key] = torch.as_tensor(A[:, :, :n].reshape(2 * n_out, n), device=device).to(dtype)
+    return _matrix_cache[key]
 
 #----------------------------------------------------------------------------
 # Multi-level DWT of [N, C, T] or [N, C, H, W], in pywt.wavedec / wavedec2
@@ -129,18 +200,29 @@ def dwt_last_axis(x, filters, mode):
 # [N, C, T_j] (1-D) or a tuple (cH, cV, cD) of [N, C, H_j, W_j] (2-D), with
 # pywt's naming (cH: high-pass along H, low-pass along W).
 
-def wavedec(x, filters, mode, levels):
+def wavedec(x, name, mode, levels):
     details = []
     a = x
     for _ in range(levels):
-        if x.ndim == 3:
-            y = dwt_last_axis(a, filters, mode)                                     # [N, C, 2, T']
-            a, d = y[:, :, 0], y[:, :, 1]
+        if max(a.shape[2:]) <= _matrix_max_len:
+            A = analysis_matrix(name, a.shape[-1], mode, a.device, a.dtype)
+            y = a @ A.t()
+            w = A.shape[0] // 2
+            if a.ndim == 3:
+                a, d = y[..., :w], y[..., w:]
+            else:
+                B = analysis_matrix(name, a.shape[-2], mode, a.device, a.dtype)
+                y = B @ y
+                h = B.shape[0] // 2
+                a, d = y[..., :h, :w], (y[..., h:, :w], y[..., :h, w:], y[..., h:, w:])
         else:
-            y = dwt_last_axis(a, filters, mode)                                     # [N, C, H, 2w, W']
-            y = dwt_last_axis(y.movedim(2, -1), filters, mode)                      # [N, C, 2w, W', 2h, H']
-            y = y.permute(0, 1, 4, 2, 5, 3)                                         # [N, C, 2h, 2w, H', W']
-            a, d = y[:, :, 0, 0], (y[:, :, 1, 0], y[:, :, 0, 1], y[:, :, 1, 1])
+            filters = wavelet_filters(name, a.device, a.dtype)
+            if a.ndim == 3:
+                y = dwt1(a, filters, mode)
+                a, d = y[:, :, 0], y[:, :, 1]
+            else:
+                y = dwt2(a, filters, mode)
+                a, d = y[:, :, 0], (y[:, :, 2], y[:, :, 1], y[:, :, 3])
         details.append(d)
     return [a] + details[::-1]
 
@@ -287,9 +369,8 @@ class SpectralLoss:
         N = x0.shape[0]
         spatial = x0.shape[2:]
         J = effective_levels(self.levels, spatial, self.wavelet)
-        filters = wavelet_filters(self.wavelet, x0.device, x0.dtype)
         gammas = [1.0] * (J + 1) if self.level_weights is None else [self.level_weights[0]] + self.level_weights[len(self.level_weights) - J:]
-        diff = wavedec(x0_hat - x0, filters, self.wavelet_mode, J) # The DWT is linear: transform the difference once.
+        diff = wavedec(x0_hat - x0, self.wavelet, self.wavelet_mode, J) # The DWT is linear: transform the difference once.
         total = 0
         for j, (coeffs, gamma) in enumerate(zip(diff, gammas)):
             bands = [coeffs] if (j == 0 or x0.ndim == 3) else list(coeffs)
