@@ -302,6 +302,47 @@ def test_attention_uses_interleaved_qkv_with_heads_outermost():
             a[n, h * d:(h + 1) * d] = v @ w.T
     torch.testing.assert_close(captured['a'].double().reshape(2, C, 16), a, rtol=1e-4, atol=1e-5)
 
+def _restated_block(block, x, emb):
+    # UNetBlock forward written from edm-reference.md section 4.2 in float64, for [1,1] filters:
+    # down = 2x2 average pooling, up = nearest neighbour.
+    F = torch.nn.functional
+    P = {name: t.detach().double() for name, t in block.named_parameters()}
+    gn = lambda name, t: F.group_norm(t, getattr(block, name).num_groups, P[name + '.weight'], P[name + '.bias'], getattr(block, name).eps)
+    conv = lambda name, t: F.conv2d(t, P[name + '.weight'], P[name + '.bias'], padding=P[name + '.weight'].shape[-1] // 2)
+    resample = lambda t: F.avg_pool2d(t, 2) if block.conv0.down else t.repeat_interleave(2, 2).repeat_interleave(2, 3) if block.conv0.up else t
+    h = conv('conv0', resample(F.silu(gn('norm0', x))))
+    p = (emb @ P['affine.weight'].T + P['affine.bias'])[:, :, None, None]
+    if block.adaptive_scale:
+        scale, shift = p[:, :block.out_channels], p[:, block.out_channels:]
+        h = F.silu(gn('norm1', h) * (1 + scale) + shift)
+    else:
+        h = F.silu(gn('norm1', h + p))
+    h = conv('conv1', h)
+    skip = resample(x)
+    if block.skip is not None and block.skip.weight is not None:
+        skip = conv('skip', skip)
+    x = (h + skip) * block.skip_scale
+    if block.num_heads:
+        n, c, hh, ww = x.shape
+        qkv = conv('qkv', gn('norm2', x)).reshape(n, block.num_heads, c // block.num_heads, 3, hh * ww)
+        q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+        w = torch.softmax(torch.einsum('nhcq,nhck->nhqk', q, k) / np.sqrt(c // block.num_heads), dim=3)
+        a = torch.einsum('nhqk,nhck->nhcq', w, v).reshape(n, c, hh, ww)
+        x = (conv('proj', a) + x) * block.skip_scale
+    return x
+
+@pytest.mark.parametrize('arch', ['song', 'adm'])
+@pytest.mark.parametrize('kind', ['plain', 'down', 'up', 'attention', 'widen'])
+def test_unet_block_matches_restatement(arch, kind):
+    torch.manual_seed(0)
+    settings = dict(song=dict(num_heads=2, skip_scale=np.sqrt(0.5), eps=1e-6, resample_proj=True, adaptive_scale=False),
+        adm=dict(channels_per_head=8, init_zero=dict(init_weight=1)))[arch]
+    cout = 24 if kind == 'widen' else 16
+    block = networks.UNetBlock(16, cout, emb_channels=12, up=(kind == 'up'), down=(kind == 'down'), attention=(kind == 'attention'), **settings)
+    _randomize(block).eval()
+    x, emb = torch.randn(2, 16, 8, 8), torch.randn(2, 12)
+    torch.testing.assert_close(block(x, emb).double(), _restated_block(block, x.double(), emb.double()), rtol=1e-4, atol=1e-5)
+
 def test_attention_op_gradients_match_autograd():
     torch.manual_seed(0)
     q = torch.randn(3, 8, 10, requires_grad=True)
