@@ -357,3 +357,32 @@ def test_ddp_gloo_matches_single_process(tmp_path):
     assert max((sa[k] - init[k]).abs().max().item() for k in sa) > 1e-3
 
 #----------------------------------------------------------------------------
+# SIGTERM stops a real train.py process cleanly: exit code 0, final snapshot and state.
+
+def test_sigterm_stops_cleanly(tmp_path, data):
+    import signal, time
+    outdir = tmp_path / 'runs'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    for key in ['RANK', 'WORLD_SIZE', 'LOCAL_RANK']:
+        env.pop(key, None)
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={data}', '--device=cpu', '--cbase=16',
+        '--cres=1,2', '--batch=4', '--duration=10', '--tick=1', '--seed=1']
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120 # wait for the first tick (a generous bound, not a timing assertion)
+        while not glob.glob(str(outdir / '*' / 'stats.jsonl')) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert 'Stopping early on request' in output and 'Exiting...' in output
+    run_dir, = glob.glob(str(outdir / '*'))
+    state = load_state(os.path.join(run_dir, 'training-state-000000.pt'))
+    assert 0 < state['cur_nimg'] < 10000000
+    assert os.path.isfile(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+
+#----------------------------------------------------------------------------
