@@ -25,7 +25,7 @@ _phase_eps      = 1e-12     # Floor on |z|^2 in the phase gradient: finite grads
 # |z|^2 replaced by |z|^2 + eps, so z = 0 gets a zero gradient, not NaN.
 
 def safe_angle(z):
-    x, y = z.real, z.imag
+    x, y = z.real.contiguous(), z.imag.contiguous() # Strided views make atan2 ~50x slower on CPU.
     xd, yd = x.detach(), y.detach()
     phi = torch.atan2(yd, xd)
     if not (x.requires_grad or y.requires_grad):
@@ -354,10 +354,10 @@ class SpectralLoss:
         reduce = lambda t: (t * mult).reshape(N, -1).sum(dim=1) / (count if self.reduction == 'mean' else 1)
         if self.kind == 'fourier-amp':
             return reduce(dA)
-        dphi = safe_angle(Z) - safe_angle(Z_hat)
-        if self.phase_wrap:
-            dphi = wrap_phase(dphi)
-        dphi = dphi.abs()
+        if self.phase_wrap: # arg(Z conj(Z_hat)) is the wrapped difference, with one atan2 instead of two.
+            dphi = safe_angle(Z * Z_hat.conj()).abs()
+        else:
+            dphi = (safe_angle(Z) - safe_angle(Z_hat)).abs()
         if self.ap_form == 'elementwise':
             return reduce(dA * (1 + dphi))
         gate = 1 + (dphi * mult).reshape(N, -1).sum(dim=1) / count # Mean over coefficients, whatever the reduction.
