@@ -10,10 +10,10 @@ from torch_utils import persistence
 from torch.nn.functional import silu
 
 #----------------------------------------------------------------------------
-# Draw an initial weight tensor. Uniform modes use U(-1, 1) scaled to the
-# target standard deviation; the expressions fix the RNG calls and rounding.
+# Initial weights for one of the four standard init schemes.
 
 def weight_init(shape, mode, fan_in, fan_out):
+    # Uniform modes scale U(-1, 1); the exact expressions fix the RNG calls and rounding.
     if mode == 'xavier_uniform':  return np.sqrt(6 / (fan_in + fan_out)) * (torch.rand(*shape) * 2 - 1)
     if mode == 'xavier_normal':   return np.sqrt(2 / (fan_in + fan_out)) * torch.randn(*shape)
     if mode == 'kaiming_uniform': return np.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
@@ -41,8 +41,7 @@ class Linear(torch.nn.Module):
         return x
 
 #----------------------------------------------------------------------------
-# Square 2-D convolution, optionally preceded (up) or followed (down) by 2x
-# resampling with a separable FIR filter. kernel=0 leaves only the resampling.
+# Square convolution with optional 2x FIR up/downsampling (kernel=0: resampling only).
 
 @persistence.persistent_class
 class Conv2d(torch.nn.Module):
@@ -96,8 +95,7 @@ class Conv2d(torch.nn.Module):
         return x
 
 #----------------------------------------------------------------------------
-# Group normalization; the group count shrinks so that each group keeps at
-# least min_channels_per_group channels.
+# Group normalization with at least min_channels_per_group channels per group.
 
 @persistence.persistent_class
 class GroupNorm(torch.nn.Module):
@@ -114,23 +112,22 @@ class GroupNorm(torch.nn.Module):
         return torch.nn.functional.group_norm(x, num_groups=self.num_groups, weight=gamma, bias=beta, eps=self.eps)
 
 #----------------------------------------------------------------------------
-# Backward of softmax over dim 2: w * (dw - <dw, w>). torch's own kernel gives
-# the same bits as EDM; the explicit formula covers torch versions without it.
+# Backward of the softmax over dim 2, i.e. w * (dw - <dw, w>).
 
 def _softmax_backward(dw, w):
+    # torch's kernel gives EDM's exact bits; the formula covers torch versions without it.
     try:
         return torch._softmax_backward_data(dw, w, 2, w.dtype)
     except (AttributeError, TypeError, RuntimeError):
         return w * (dw - (dw * w).sum(dim=2, keepdim=True))
 
 #----------------------------------------------------------------------------
-# Attention weights softmax_k(q . k / sqrt(C)) for q, k of shape [N, C, L].
-# The math runs in fp32 even for fp16 inputs (fp16 logits overflow), while
-# inputs, outputs and gradients keep the caller's dtype to save memory.
+# Attention weights softmax(q^T k / sqrt(C)) over keys, computed in fp32.
 
 class AttentionOp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k):
+        # q, k: [N, C, L]. fp16 logits could overflow, so the math is fp32; storage keeps q's dtype.
         logits = torch.einsum('ncq,nck->nqk', q.to(torch.float32), (k / np.sqrt(k.shape[1])).to(torch.float32))
         w = logits.softmax(dim=2).to(q.dtype)
         ctx.save_for_backward(q, k, w)
@@ -145,9 +142,7 @@ class AttentionOp(torch.autograd.Function):
         return dq, dk
 
 #----------------------------------------------------------------------------
-# Residual U-Net block covering DDPM++, NCSN++ and ADM: norm-act-conv twice
-# with the embedding injected in between (added, or as scale and shift),
-# a skip path that resamples and/or projects, and optional self-attention.
+# Residual U-Net block with embedding injection, resampling and attention (DDPM++, NCSN++, ADM).
 
 @persistence.persistent_class
 class UNetBlock(torch.nn.Module):
@@ -211,8 +206,7 @@ class UNetBlock(torch.nn.Module):
         return x
 
 #----------------------------------------------------------------------------
-# Sinusoidal embedding of a scalar per sample, as in transformers and DDPM:
-# frequencies (1/max_positions)^(i/(C/2 - endpoint)), output [cos, sin].
+# Sinusoidal embedding of a scalar, [cos, sin] at frequencies (1/max_positions)^(i/(C/2 - endpoint)).
 
 @persistence.persistent_class
 class PositionalEmbedding(torch.nn.Module):
@@ -231,8 +225,7 @@ class PositionalEmbedding(torch.nn.Module):
         return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 #----------------------------------------------------------------------------
-# Random Fourier features of a scalar (NCSN++): fixed Gaussian frequencies,
-# stored as the buffer `freqs`, output [cos, sin].
+# Random Fourier feature embedding of a scalar (NCSN++), frequencies in the buffer `freqs`.
 
 @persistence.persistent_class
 class FourierEmbedding(torch.nn.Module):
@@ -245,9 +238,7 @@ class FourierEmbedding(torch.nn.Module):
         return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 #----------------------------------------------------------------------------
-# The DDPM++ / NCSN++ U-Net of Song et al. (score_sde), in EDM's configurable
-# form. Keys of enc/dec are '{res}x{res}_{role}'; the forward pass dispatches
-# on the role, so the layout fully describes the data flow.
+# DDPM++ / NCSN++ U-Net of Song et al. (score_sde) in EDM's configurable form.
 
 @persistence.persistent_class
 class SongUNet(torch.nn.Module):
@@ -301,8 +292,8 @@ class SongUNet(torch.nn.Module):
         self.map_layer0 = Linear(in_features=noise_channels, out_features=emb_channels, **init)
         self.map_layer1 = Linear(in_features=emb_channels, out_features=emb_channels, **init)
 
-        # Encoder, finest level first. `ch` is the running width of the main
-        # path, `aux_ch` that of the downsampled input pyramid.
+        # Encoder, finest level first. Keys are '{res}x{res}_{role}'; forward() dispatches on the role.
+        # `ch` is the running width of the main path, `aux_ch` that of the input pyramid.
         self.enc = torch.nn.ModuleDict()
         ch = in_channels
         aux_ch = in_channels
@@ -396,9 +387,7 @@ class SongUNet(torch.nn.Module):
         return out
 
 #----------------------------------------------------------------------------
-# The ADM U-Net of Dhariwal and Nichol (guided-diffusion), as used by EDM:
-# adaptive scale/shift injection, heads of 64 channels, attention on every
-# block of the listed resolutions, and a plain output head.
+# ADM U-Net of Dhariwal and Nichol (guided-diffusion) as used by EDM.
 
 @persistence.persistent_class
 class DhariwalUNet(torch.nn.Module):
@@ -501,8 +490,7 @@ def _build_model(model_type, **kwargs):
     return archs[model_type](**kwargs)
 
 #----------------------------------------------------------------------------
-# Shared by the preconditioners: normalize (x, sigma, class_labels) as EDM
-# does and pick the activation dtype. Returns x, sigma, class_labels, dtype.
+# Shared by the preconditioners: EDM's input normalization and activation dtype.
 
 def _prepare_inputs(net, x, sigma, class_labels, force_fp32):
     if x.ndim != 4 or x.shape[1] != net.img_channels:
@@ -522,8 +510,7 @@ def _prepare_inputs(net, x, sigma, class_labels, force_fp32):
     return x, sigma, class_labels, dtype
 
 #----------------------------------------------------------------------------
-# Variance preserving (VP) preconditioning of Song et al. (score SDE):
-# sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1).
+# Variance preserving (VP) preconditioning, sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1).
 
 @persistence.persistent_class
 class VPPrecond(torch.nn.Module):
@@ -614,10 +601,7 @@ class VEPrecond(torch.nn.Module):
         return torch.as_tensor(sigma)
 
 #----------------------------------------------------------------------------
-# Improved DDPM (Nichol & Dhariwal) preconditioning: the cosine schedule's M
-# discrete noise levels are the buffer u (u[M] = 0 ... u[0] = sigma_max), and
-# the network sees the step index of the nearest level. The network predicts
-# 2 * img_channels (mean and variance); only the first half is used.
+# Improved DDPM (Nichol & Dhariwal) preconditioning over the discrete noise levels in buffer u.
 
 @persistence.persistent_class
 class iDDPMPrecond(torch.nn.Module):
@@ -640,8 +624,10 @@ class iDDPMPrecond(torch.nn.Module):
         self.C_1 = C_1
         self.C_2 = C_2
         self.M = M
+        # The network also predicts the variance, hence 2x channels; forward() uses the first half.
         self.model = _build_model(model_type, img_resolution=img_resolution, in_channels=img_channels, out_channels=img_channels*2, label_dim=label_dim, **model_kwargs)
 
+        # u[M] = 0 < ... < u[0] = sigma_max; the network sees the index of the nearest level.
         # Backward recursion from u[M] = 0, in float32 on the CPU (also under a meta default device).
         u = torch.zeros(M + 1, device='cpu')
         for j in range(M, 0, -1):
@@ -675,8 +661,7 @@ class iDDPMPrecond(torch.nn.Module):
         return result.reshape(sigma.shape).to(sigma.device)
 
 #----------------------------------------------------------------------------
-# EDM preconditioning (Karras et al. 2022, Table 1): unit-variance network
-# input and target for data of standard deviation sigma_data.
+# EDM preconditioning (Karras et al. 2022, Table 1).
 
 @persistence.persistent_class
 class EDMPrecond(torch.nn.Module):
