@@ -40,10 +40,12 @@ def _restore_handlers(old):
     for sig, handler in old.items():
         signal.signal(sig, handler)
 
-# DataLoader workers share the terminal's process group: Ctrl-C must not kill them while the
-# main process finishes its last step.
-def _ignore_sigint_in_worker(worker_id):
+# DataLoader workers get the same signals (Ctrl-C reaches the whole process group, torchrun
+# signals the group too): they must not die while the main process finishes its last step.
+# They still exit with the main process (torch's parent watchdog).
+def _ignore_stop_signals_in_worker(worker_id):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 #----------------------------------------------------------------------------
 # RNG states in a form that torch.load(weights_only=True) accepts (no numpy arrays).
@@ -174,7 +176,7 @@ def training_loop(
     dataset_sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=rank, num_replicas=world_size, seed=seed, start_idx=data_nimg)
     loader_kwargs = dict(data_loader_kwargs)
     if stop_on_signal and loader_kwargs.get('num_workers', 0) > 0:
-        loader_kwargs.setdefault('worker_init_fn', _ignore_sigint_in_worker)
+        loader_kwargs.setdefault('worker_init_fn', _ignore_stop_signals_in_worker)
     dataset_iterator = iter(torch.utils.data.DataLoader(dataset=dataset_obj, sampler=dataset_sampler, batch_size=batch_gpu, **loader_kwargs))
 
     # Network, with a summary printed by rank 0.
