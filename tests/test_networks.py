@@ -266,6 +266,9 @@ def test_bad_input_errors():
     net = _tiny(channel_mult=[1], attn_resolutions=[])
     with pytest.raises(ValueError, match='expected x of shape'):
         net(torch.randn(2, 1, 8, 8), torch.ones(2))
+    cond = _tiny(label_dim=10, channel_mult=[1], attn_resolutions=[])
+    with pytest.raises(ValueError, match='one-hot'):
+        cond(torch.randn(4, 3, 8, 8), torch.ones(4), torch.arange(4)) # Class indices instead of one-hot.
     with pytest.raises(ValueError, match='model_type'):
         networks.EDMPrecond(8, 3, model_type='UNet3D')
     with pytest.raises(ValueError, match='encoder_type'):

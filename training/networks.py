@@ -504,6 +504,8 @@ def _prepare_inputs(net, x, sigma, class_labels, force_fp32):
     elif class_labels is None:
         class_labels = torch.zeros([1, net.label_dim], device=x.device)
     else:
+        if class_labels.shape[-1] != net.label_dim:
+            raise ValueError(f'{type(net).__name__}: class_labels must be one-hot vectors of size label_dim={net.label_dim}, got shape {list(class_labels.shape)}')
         class_labels = class_labels.to(torch.float32).reshape(-1, net.label_dim)
     # fp16 is manual (each layer casts its fp32 weights) and only used on CUDA.
     dtype = torch.float16 if (net.use_fp16 and not force_fp32 and x.device.type == 'cuda') else torch.float32
