@@ -100,10 +100,11 @@ def next_run_dir(outdir, desc):
     return run_dir
 
 #----------------------------------------------------------------------------
-# Draw a seed on rank 0 and share it with all ranks.
+# Draw a seed from the OS on rank 0 and share it with all ranks (torch's own default
+# generator would give the same "random" seed in every run).
 
 def random_seed(device):
-    seed = torch.randint(1 << 31, size=[], device=device)
+    seed = torch.tensor(int.from_bytes(os.urandom(4), 'little') % (1 << 31), dtype=torch.int64, device=device)
     if dist.get_world_size() > 1:
         torch.distributed.broadcast(seed, src=0)
     return int(seed)

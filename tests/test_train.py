@@ -386,3 +386,27 @@ def test_sigterm_stops_cleanly(tmp_path, data):
     assert os.path.isfile(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
 
 #----------------------------------------------------------------------------
+# train.py under torchrun with two Gloo processes: the real stochastic loss with a spectral
+# term, a random seed shared by the ranks, one run folder, consistent ranks at every snapshot.
+
+def test_train_cli_torchrun_two_processes(tmp_path, data):
+    outdir = tmp_path / 'runs'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+    for key in ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']:
+        env.pop(key, None)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', os.path.join(ROOT, 'train.py'),
+        f'--outdir={outdir}', f'--data={data}', '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=8', '--batch-gpu=2',
+        '--duration=0.000016', '--tick=1', '--snap=1', '--dump=1', '--spectral=fourier-amp', '--arch=ncsnpp']
+    res = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_dir, = glob.glob(str(outdir / '*'))
+    assert os.path.basename(run_dir) == '00000-tiny-8x8-uncond-ncsnpp-edm-gpus2-batch8-fp32'
+    with open(os.path.join(run_dir, 'training_options.json')) as f:
+        c = json.load(f)
+    assert isinstance(c['seed'], int) and c['batch_gpu'] == 2
+    state = load_state(os.path.join(run_dir, 'training-state-000000.pt'))
+    assert state['world_size'] == 2 and state['cur_nimg'] == 16
+    assert not torch.equal(state['rng_states'][0]['torch'], state['rng_states'][1]['torch']) # per-rank streams
+    assert read_stats(run_dir)[-1]['Loss/spectral']['num'] == 8 # both ranks' samples are collected
+
+#----------------------------------------------------------------------------
