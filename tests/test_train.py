@@ -237,6 +237,17 @@ def test_train_cli_end_to_end(tmp_path, labeled_data):
     images = generate_images(safe['ema'], [0, 1], device=torch.device('cpu'), num_steps=4)
     assert images.dtype == torch.uint8 and tuple(images.shape) == (2, 3, 8, 8)
 
+    # ... and a stock EDM environment (no ptwt, pywt or our packages) unpickles it and runs the EMA.
+    from stock_env import run_in_stock_env
+    res = run_in_stock_env(f'''
+        import pickle, torch
+        d = pickle.load(open({snap_path!r}, 'rb'))
+        x = torch.zeros([2, 3, 8, 8])
+        y = d['ema'](x, torch.ones([2]), torch.eye(3)[:2])
+        print('RESULT', type(d['loss_fn']).__name__, list(y.shape), bool(torch.isfinite(y).all()))
+    ''', tmp_path)
+    assert 'RESULT EDMLoss [2, 3, 8, 8] True' in res.stdout
+
     # --transfer: fresh optimizer and LR ramp from 0, so a one-step run leaves the weights
     # unchanged and its EMA equals the source bitwise.
     res = run_cli(train.main, [f'--outdir={outdir}', f'--data={labeled_data}', '--cond=1', f'--transfer={snap_path}'] + TRAIN_ARGS + ['--duration=0.000004'])
