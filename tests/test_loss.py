@@ -296,3 +296,19 @@ def test_pickle_loads_in_stock_edm(tmp_path):
     assert float(lines[2]) == pytest.approx(expected, rel=1e-6)
 
 #----------------------------------------------------------------------------
+# The overhead benchmark runs end to end on a tiny configuration.
+
+def test_bench_cli(tmp_path):
+    import json
+    from click.testing import CliRunner
+    from edm_spectral import bench
+    out = tmp_path / 'bench.json'
+    res = CliRunner().invoke(bench.main, ['--device=cpu', '--resolutions=8', '--batch=2', '--iters=1', '--warmup=0', f'--out={out}'])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())['results'][0]['rows']
+    assert [r['variant'] for r in rows] == list(bench.VARIANTS)
+    assert rows[0]['ratio'] == 1.0 and all(r['step_ms'] > 0 for r in rows) and all(r['term_ms'] > 0 for r in rows[1:])
+    res = CliRunner().invoke(bench.main, ['--resolutions=12'])
+    assert res.exit_code != 0 and 'multiples of 8' in res.output
+
+#----------------------------------------------------------------------------
