@@ -259,6 +259,7 @@ def main(**kwargs):
         use_labels=(net.label_dim > 0), xflip=opts.xflip, cache=opts.cache)
     try:
         dataset_obj = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+        dataset_obj.label_dim # reads the labels: a conditional net needs them in dataset.json
     except (IOError, ValueError) as e:
         raise click.ClickException(f'--data: {e}')
     if (dataset_obj.resolution, dataset_obj.num_channels) != (net.img_resolution, net.img_channels):

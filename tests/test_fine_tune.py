@@ -174,12 +174,18 @@ def test_sweep_dry_run(setup):
 def test_fine_tune_errors(setup, tmp_path):
     root, data, net = setup
     data16 = make_dataset(str(tmp_path / 'd16'), num=2, res=16)
+    from training.networks import EDMPrecond
+    cond = str(tmp_path / 'cond.pkl')
+    with open(cond, 'wb') as f:
+        pickle.dump(dict(ema=EDMPrecond(img_resolution=8, img_channels=3, label_dim=3, model_type='SongUNet', model_channels=16,
+            channel_mult=[1,2], num_blocks=1, attn_resolutions=[]), loss_fn=None, augment_pipe=None, dataset_kwargs={}), f)
     cases = [
         ([f'--network={tmp_path}/none.pkl', f'--data={data}'], 'file not found'),
         ([f'--network={net}', f'--data={data16}'], 'expects 3x8x8'),
         ([f'--network={net}', f'--data={tmp_path}/missing'], 'not found'),
         ([f'--network={net}', f'--data={data}', f'--resume={tmp_path}/x.pt'], 'training-state'),
         ([f'--network={data}/dataset.json', f'--data={data}'], 'not a readable network snapshot'),
+        ([f'--network={cond}', f'--data={data}'], 'has no labels'),
     ]
     for args, message in cases:
         res = CliRunner().invoke(fine_tune.main, args + [f'--outdir={tmp_path}/o', '--device=cpu', '-n'])
