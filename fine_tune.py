@@ -5,6 +5,7 @@ import os
 import re
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import click
@@ -148,7 +149,8 @@ def sweep_passthrough(ctx):
 
 def run_sweep(ctx, network, nproc, dry_run):
     passthrough = sweep_passthrough(ctx)
-    launcher = ['torchrun', '--standalone', f'--nproc_per_node={nproc}'] if nproc > 1 else [sys.executable]
+    torchrun = ['torchrun'] if shutil.which('torchrun') else [sys.executable, '-m', 'torch.distributed.run']
+    launcher = torchrun + ['--standalone', f'--nproc_per_node={nproc}'] if nproc > 1 else [sys.executable]
     commands = sweep_commands(network, launcher, passthrough)
     for i, cmd in enumerate(commands):
         print(f'[{i + 1}/{len(commands)}] {shlex.join(cmd)}', flush=True)
