@@ -407,7 +407,7 @@ def test_train_cli_torchrun_two_processes(tmp_path, data):
         env.pop(key, None)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', os.path.join(ROOT, 'train.py'),
         f'--outdir={outdir}', f'--data={data}', '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=8', '--batch-gpu=2',
-        '--duration=0.000016', '--tick=1', '--snap=1', '--dump=1', '--spectral=fourier-amp', '--arch=ncsnpp']
+        '--duration=0.000016', '--tick=1', '--snap=1', '--dump=1', '--spectral=fourier-amp', '--arch=ncsnpp', '--grid-seeds=0-3']
     res = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run_dir, = glob.glob(str(outdir / '*'))
@@ -419,5 +419,7 @@ def test_train_cli_torchrun_two_processes(tmp_path, data):
     assert state['world_size'] == 2 and state['cur_nimg'] == 16
     assert not torch.equal(state['rng_states'][0]['torch'], state['rng_states'][1]['torch']) # per-rank streams
     assert read_stats(run_dir)[-1]['Loss/spectral']['num'] == 8 # both ranks' samples are collected
+    grid = PIL.Image.open(os.path.join(run_dir, 'network-snapshot-000000-grid.png')) # sampled by rank 0 alone
+    assert grid.mode == 'RGB' and grid.size[0] % 8 == 0 and grid.size[0] * grid.size[1] == 4 * 8 * 8
 
 #----------------------------------------------------------------------------
