@@ -244,7 +244,7 @@ def effective_levels(levels, shape, name):
 @persistence.persistent_class
 class SpectralLoss:
     def __init__(self,
-        kind,                       # 'fourier-amp', 'fourier-amp-phase' or 'wavelet'.
+        kind,                           # 'fourier-amp', 'fourier-amp-phase' or 'wavelet'.
         weight          = 'weighted',   # lambda: 'weighted' = the base loss's lambda(sigma), or a constant.
         reduction       = 'sum',        # L1 norms as 'sum' or 'mean' over coefficients, per sample.
         fft_norm        = 'ortho',      # torch.fft normalisation: 'ortho' or 'backward'.
