@@ -1,0 +1,42 @@
+"""The espeak-ng corpus and the audio demo end to end (smoke preset). Skipped, with the reason,
+where espeak-ng is not installed."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from edm_spectral.audio import data as data_lib
+from edm_spectral.audio import make_corpus
+
+needs_espeak = pytest.mark.skipif(shutil.which('espeak-ng') is None,
+    reason='espeak-ng is not installed (apt-get install espeak-ng); the embedded audio corpus needs it')
+
+def test_clip_ids_split():
+    ids = make_corpus.clip_ids(10, 3)
+    assert len(set(ids)) == 10
+    assert sum(i.startswith(('LJ001', 'LJ002')) for i in ids) == 3
+    with pytest.raises(ValueError, match='heldout'):
+        make_corpus.make_corpus('/nonexistent', 4, 4)
+
+@needs_espeak
+def test_demo_smoke(tmp_path):
+    from edm_spectral.audio import demo
+    out = str(tmp_path / 'demo')
+    summary = demo.run_demo(out, preset='smoke', device='cpu', verbose=False)
+    clips = data_lib.list_clips(os.path.join(out, 'corpus'), 'all')
+    assert len(clips) == demo.PRESETS['smoke']['clips']
+    audio, rate = data_lib.read_wav(clips[0][1], expected_rate=22050)
+    assert len(audio) > rate // 2 # espeak-ng produced speech of a sensible length.
+    assert set(summary['variants']) == set(demo.VARIANTS)
+    for name, variant in summary['variants'].items():
+        m = variant['metrics']
+        assert m['mrstft']['mean'] > 0 and len(m['mrstft']['values']) == len(demo.PRESETS['smoke']['seeds'])
+        assert variant['weights_moved'] > 0
+        assert (variant['final_spectral'] is None) == (name == 'baseline')
+    assert json.load(open(os.path.join(out, 'summary.json')))['preset'] == 'smoke'
+    assert '| baseline |' in open(os.path.join(out, 'summary.md')).read()
+    assert os.path.isfile(os.path.join(out, 'spectrograms.png'))
+
+#----------------------------------------------------------------------------
