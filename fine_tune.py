@@ -111,6 +111,7 @@ SWEEP_REGULARIZERS = [
     ['--spectral=wavelet', '--spectral-wavelet=bior1.3'],
 ]
 
+# This script as the sweep commands call it (relative when below the working directory).
 def _script_path():
     rel = os.path.relpath(os.path.abspath(__file__))
     return rel if not rel.startswith('..') else os.path.abspath(__file__)
@@ -130,8 +131,8 @@ def sweep_commands(network, launcher, passthrough):
                 commands.append(base + reg + [f'--spectral-weight={weight}', f'--desc=sweep-{tag}'])
     return commands
 
+# The options given on the command line, rebuilt as arguments for each run of the sweep.
 def sweep_passthrough(ctx):
-    """The options given on the command line, as arguments for each run of the sweep."""
     skip = {'sweep', 'dry_run', 'network', 'nproc', 'spectral', 'spectral_weight', 'spectral_wavelet', 'desc'}
     args = []
     for param in ctx.command.params:
