@@ -4,6 +4,7 @@ image experiments as one command."""
 import os
 import re
 import json
+import pickle
 import shlex
 import shutil
 import subprocess
@@ -247,7 +248,7 @@ def main(**kwargs):
         dist.barrier() # rank 0 downloads first
     try:
         snap = load_snapshot(opts.network, trust_code=opts.trust_code)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, pickle.UnpicklingError) as e: # the last: refused by the weights-only loader
         raise click.ClickException(f'--network: {e}')
     finally:
         if dist.get_rank() == 0:

@@ -171,10 +171,17 @@ def test_sweep_dry_run(setup):
 #----------------------------------------------------------------------------
 # Clear errors.
 
+class _Exec:
+    def __reduce__(self):
+        return (exec, ('raise SystemExit("code from the pickle ran")',))
+
 def test_fine_tune_errors(setup, tmp_path):
     root, data, net = setup
     data16 = make_dataset(str(tmp_path / 'd16'), num=2, res=16)
     from training.networks import EDMPrecond
+    evil = str(tmp_path / 'evil.pkl')
+    with open(evil, 'wb') as f: # a pickle that would run code: refused, nothing runs
+        pickle.dump({'ema': _Exec()}, f)
     cond = str(tmp_path / 'cond.pkl')
     with open(cond, 'wb') as f:
         pickle.dump(dict(ema=EDMPrecond(img_resolution=8, img_channels=3, label_dim=3, model_type='SongUNet', model_channels=16,
@@ -186,6 +193,7 @@ def test_fine_tune_errors(setup, tmp_path):
         ([f'--network={net}', f'--data={data}', f'--resume={tmp_path}/x.pt'], 'training-state'),
         ([f'--network={data}/dataset.json', f'--data={data}'], 'not a readable network snapshot'),
         ([f'--network={cond}', f'--data={data}'], 'has no labels'),
+        ([f'--network={evil}', f'--data={data}'], 'weights-only loader does not allow'),
     ]
     for args, message in cases:
         res = CliRunner().invoke(fine_tune.main, args + [f'--outdir={tmp_path}/o', '--device=cpu', '-n'])
