@@ -124,6 +124,8 @@ class EDMLoss:
 # D = x - sigma * eps_hat, so (D - y)^2 / sigma^2 is exactly the epsilon MSE
 # and D is the one-step estimate (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar).
 
+_ddpm_sigma_cache = dict()
+
 @persistence.persistent_class
 class DDPMLoss:
     def __init__(self, beta_start=1e-4, beta_end=0.02, num_steps=1000, spectral_kwargs=None):
@@ -137,11 +139,15 @@ class DDPMLoss:
         self.spectral = _make_spectral(spectral_kwargs, 'DDPMLoss', allow_ddim=True)
         self.cur_kimg = 0.0
 
-    # Noise levels sigma_0 .. sigma_{T-1} of the discrete steps (float64 math).
+    # Noise levels sigma_0 .. sigma_{T-1} of the discrete steps (Ho et al.'s
+    # t = 1..T), computed in float64, cached per device outside the pickled state.
     def sigmas(self, device=None):
-        betas = torch.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=torch.float64)
-        alpha_bar = torch.cumprod(1 - betas, dim=0)
-        return (1 / alpha_bar - 1).sqrt().to(torch.float32).to(device)
+        key = (self.beta_start, self.beta_end, self.num_steps, str(device))
+        if key not in _ddpm_sigma_cache:
+            betas = torch.linspace(self.beta_start, self.beta_end, self.num_steps, dtype=torch.float64)
+            alpha_bar = torch.cumprod(1 - betas, dim=0)
+            _ddpm_sigma_cache[key] = (1 / alpha_bar - 1).sqrt().to(torch.float32).to(device)
+        return _ddpm_sigma_cache[key]
 
     def __call__(self, net, images, labels=None, augment_pipe=None):
         sigmas = self.sigmas(images.device)
