@@ -153,6 +153,9 @@ def training_loop(
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
+    if rank == 0 and run_dir is not None:
+        os.makedirs(run_dir, exist_ok=True)
+
     # Per-process micro-batch and number of accumulation rounds.
     batch_gpu_total = batch_size // world_size
     if batch_gpu is None or batch_gpu > batch_gpu_total:
