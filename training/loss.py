@@ -2,12 +2,11 @@
 Generative Models" (VP, VE, EDM) plus discrete DDPM, each with an optional
 spectral regularizer on the predicted clean sample."""
 
-import numpy as np
 import torch
 from torch_utils import persistence
 
 # This file is pickled into snapshots and exec'd by stock EDM when they are
-# loaded: module-level imports are limited to numpy, torch and torch_utils.
+# loaded: module-level imports are limited to torch and torch_utils.
 # training.spectral_loss is imported inside __init__, so unpickling never
 # needs it (the SpectralLoss object embeds its own source).
 
