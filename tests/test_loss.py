@@ -101,6 +101,19 @@ def test_spectral_off_is_bit_identical(cls, shape, augment):
         assert out.shape == images.shape
         assert torch.equal(out, ref)
 
+@pytest.mark.parametrize('cls', LOSSES)
+def test_spectral_off_bit_identical_with_real_augment_pipe(cls):
+    from training.augment import AugmentPipe
+    pipe = AugmentPipe(p=0.5, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
+    images = images_for((3, 3, 16, 16), seed=9)
+    net = StubNet()
+    torch.manual_seed(77)
+    out = cls()(net=net, images=images, labels=None, augment_pipe=pipe)
+    torch.manual_seed(77)
+    ref = reference_loss(cls, net, images, None, pipe)
+    assert torch.equal(out, ref)
+    assert net.calls[0]['augment_labels'].shape == (3, 9)
+
 #----------------------------------------------------------------------------
 # Spectral term on: sum(loss) gains exactly lambda_i * L_S,i per sample.
 
