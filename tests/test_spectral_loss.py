@@ -88,6 +88,27 @@ def test_fourier_matches_numpy(shape, reduction, fft_norm):
         assert got.dtype == torch.float32
         np.testing.assert_allclose(got.numpy(), ref, rtol=2e-5, err_msg=f'{kind} {ap_form} wrap={wrap}')
 
+def test_known_answers_by_hand():
+    # Orthonormal FFT of a unit impulse of length 4: four bins of amplitude 1/2.
+    delta = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])
+    zero = torch.zeros_like(delta)
+    assert float(SpectralLoss('fourier-amp')(delta, zero)) == pytest.approx(2.0)
+    assert float(SpectralLoss('fourier-amp', reduction='mean')(delta, zero)) == pytest.approx(0.5)
+    assert float(SpectralLoss('fourier-amp', fft_norm='backward')(delta, zero)) == pytest.approx(4.0)
+    # A sign flip keeps amplitudes and moves every phase by pi.
+    assert float(SpectralLoss('fourier-amp-phase')(-delta, delta)) == pytest.approx(0.0)
+    assert float(SpectralLoss('fourier-amp-phase', ap_form='elementwise')(-delta, delta)) == pytest.approx(0.0)
+    # Against zero the phase is undefined and counts as agreeing: amp+phase = amp.
+    assert float(SpectralLoss('fourier-amp-phase')(zero, delta)) == pytest.approx(2.0)
+    # Haar of a constant [1, 1, 1, 1] over two levels: approximation 2, all details 0.
+    ones = torch.ones(1, 1, 4)
+    assert float(SpectralLoss('wavelet', levels=2)(ones, torch.zeros_like(ones))) == pytest.approx(2.0)
+    assert float(SpectralLoss('wavelet', levels=2, level_weights=[0.5, 7, 7])(ones, torch.zeros_like(ones))) == pytest.approx(1.0)
+    # 2-D Haar of a 2x2 checkerboard: only the diagonal band, coefficient 4/2 = 2.
+    checker = torch.tensor([[[[1.0, -1.0], [-1.0, 1.0]]]])
+    loss = SpectralLoss('wavelet', levels=1, level_weights=[1, [0, 0, 3]])
+    assert float(loss(checker, torch.zeros_like(checker))) == pytest.approx(6.0)
+
 def test_phase_wrap_changes_result():
     a, b = rand_pair((2, 1, 8, 8), seed=2)
     on = SpectralLoss('fourier-amp-phase', phase_wrap=True)(a, b)
