@@ -230,10 +230,15 @@ def wavedec(x, name, mode, levels):
 # Number of decomposition levels actually used for a signal of the given
 # spatial shape: the requested count, capped at pywt.dwt_max_level (at least 1).
 
+_levels_cache = dict()
+
 def effective_levels(levels, shape, name):
-    import pywt # Lazy: stock EDM environments need not have it.
-    max_level = pywt.dwt_max_level(min(shape), pywt.Wavelet(name).dec_len)
-    return max(1, min(levels, max_level))
+    key = (levels, tuple(shape), name)
+    if key not in _levels_cache:
+        import pywt # Lazy: stock EDM environments need not have it.
+        max_level = pywt.dwt_max_level(min(shape), pywt.Wavelet(name).dec_len)
+        _levels_cache[key] = max(1, min(levels, max_level))
+    return _levels_cache[key]
 
 #----------------------------------------------------------------------------
 # The paper's spectral regularizers L_S(x0_hat, x0) -> per-sample loss [N].
@@ -280,6 +285,7 @@ class SpectralLoss:
             raise ValueError(f'Wavelet levels must be >= 1, got {levels}')
         if level_weights is not None:
             level_weights = [[float(v) for v in w] if isinstance(w, (list, tuple)) else float(w) for w in level_weights]
+            level_weights = [w[0] if isinstance(w, list) and len(w) == 1 else w for w in level_weights]
             if len(level_weights) != levels + 1:
                 raise ValueError(f'level_weights needs {levels + 1} entries (approximation, then levels {levels}..1), got {len(level_weights)}')
         if kind == 'wavelet':
