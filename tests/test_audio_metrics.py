@@ -18,10 +18,10 @@ def tone(freq, seconds=0.5, seed=0, shift=0):
     x = 0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.3 * np.sin(2 * np.pi * 4 * t)) + 0.01 * np.random.RandomState(seed).randn(len(t))
     return np.roll(x, shift).astype(np.float32)
 
-def write_set(folder, freqs, gain=1.0, shift=0, pitch=1.0):
+def write_set(folder, freqs, gain=1.0, shift=0, pitch=1.0, seconds=0.5):
     os.makedirs(folder, exist_ok=True)
     for i, f in enumerate(freqs):
-        data_lib.write_wav(os.path.join(folder, f'LJ001-{i:04d}.wav'), gain * tone(f * pitch, seed=i, shift=shift), RATE)
+        data_lib.write_wav(os.path.join(folder, f'LJ001-{i:04d}.wav'), gain * tone(f * pitch, seconds=seconds, seed=i, shift=shift), RATE)
 
 def test_mrstft_known_answers():
     x = tone(300)
@@ -76,7 +76,7 @@ def test_missing_optional_models(tmp_path, monkeypatch):
     assert res.exit_code == 1 and 'model file not found' in res.output
     (tmp_path / 'junk.pt').write_bytes(b'junk')
     res = runner.invoke(metrics.main, args + ['--metrics=fad', '--vggish', str(tmp_path / 'junk.pt')])
-    assert res.exit_code == 1 and 'not a TorchScript module' in res.output
+    assert res.exit_code == 1 and 'neither a VGGish state dict' in res.output
 
     real_import = builtins.__import__
     def no_pesq(name, *a, **k):
@@ -89,6 +89,35 @@ def test_missing_optional_models(tmp_path, monkeypatch):
     assert 'pesq' not in metrics.available_metrics()
     res = runner.invoke(metrics.main, args + ['--metrics=nonsense'])
     assert res.exit_code == 1 and 'Unknown metric' in res.output
+
+#----------------------------------------------------------------------------
+# VGGish: a torchvggish-format state dict loads strictly; the front end gives one 96x64
+# example per 0.96 s; FAD of a set against itself is 0.
+
+def test_vggish_state_dict_and_frontend(tmp_path):
+    import torch
+    from edm_spectral.audio import vggish
+    net = vggish.VGGish()
+    keys = {k: list(v.shape) for k, v in net.state_dict().items()}
+    assert keys['features.0.weight'] == [64, 1, 3, 3] and keys['features.13.weight'] == [512, 512, 3, 3]
+    assert keys['embeddings.0.weight'] == [4096, 12288] and keys['embeddings.4.weight'] == [128, 4096]
+    path = str(tmp_path / 'vggish-test.pth')
+    torch.save(dict(net.state_dict(), pca_eigen_vectors=torch.zeros(128, 128)), path)
+    loaded = vggish.load_vggish(path)
+    wave = np.sin(2 * np.pi * 440 * np.arange(16000 * 2) / 16000)
+    ex = vggish.log_mel_examples(wave)
+    assert ex.shape == (2, 1, 96, 64)
+    # The 440 Hz tone peaks in the mel band whose centre is nearest 440 Hz (mel = 1127 ln(1 + f/700)).
+    to_mel = lambda f: 1127 * np.log(1 + f / 700)
+    centres = np.linspace(to_mel(125), to_mel(7500), 66)[1:-1]
+    assert int(ex[0, 0, 50].argmax()) == int(np.abs(centres - to_mel(440)).argmin())
+    assert loaded.embed(wave).shape == (2, 128)
+    write_set(str(tmp_path / 'short'), [220, 330])
+    with pytest.raises(ValueError, match='at least 2 embeddings'):
+        metrics.evaluate(str(tmp_path / 'short'), str(tmp_path / 'short'), metrics=['fad'], vggish=path)
+    write_set(str(tmp_path / 'ref'), [220, 330], seconds=2.0)
+    res = metrics.evaluate(str(tmp_path / 'ref'), str(tmp_path / 'ref'), metrics=['fad'], vggish=path)
+    assert abs(res['fad']['mean']) < 1e-6
 
 #----------------------------------------------------------------------------
 # A TorchScript embedding model is used when given (here a scripted stand-in).

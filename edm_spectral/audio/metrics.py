@@ -8,8 +8,9 @@
   two-proportion z-test (alpha = 0.05) between the share of reference and of generated frames;
   NDB/K = fraction of statistically different bins (Richardson & Weiss 2018).
 - FAD (unpaired): Frechet distance between Gaussians fitted to frame embeddings. The standard
-  embedding is VGGish: pass --vggish=PATH|URL to a TorchScript module mapping a 16 kHz waveform
-  [T] to embeddings [frames, D]. The stand-in `logmel` embedding (80-d LMNT log-mel frames) needs
+  embedding is VGGish: pass --vggish=PATH|URL to torchvggish's weights (vggish-10086976.pth,
+  run by our own VGGish in edm_spectral/audio/vggish.py) or to a TorchScript module mapping a
+  16 kHz waveform [T] to embeddings [frames, D]. The stand-in `logmel` embedding (80-d LMNT log-mel frames) needs
   no download; its values are NOT comparable to published FADs.
 - UTMOS (generated only): --utmos=PATH to a TorchScript module mapping a 16 kHz waveform [1, T]
   to a MOS estimate.
@@ -138,6 +139,9 @@ def frechet_distance(mu1, s1, mu2, s2):
     return float(max(np.square(mu1 - mu2).sum() + np.trace(s1 + s2 - 2 * covmean), 0.0))
 
 def fad(ref_emb, gen_emb):
+    if min(len(ref_emb), len(gen_emb)) < 2:
+        raise ValueError(f'FAD needs at least 2 embeddings per set, got {len(ref_emb)} and {len(gen_emb)} '
+            f'(VGGish embeds 0.96 s windows: clips under ~1 s give none)')
     stats = lambda e: (np.mean(e, 0), np.cov(np.asarray(e, dtype=np.float64), rowvar=False))
     return frechet_distance(*stats(ref_emb), *stats(gen_emb))
 
@@ -150,7 +154,7 @@ def logmel_frames(audio, rate):
     params = model_lib.make_params(sample_rate=rate)
     return data_lib.mel_spectrogram(torch.from_numpy(np.asarray(audio, dtype=np.float32)), params).numpy().T
 
-def load_torchscript(path_or_url, what, device='cpu'):
+def load_torchscript(path_or_url, what, device='cpu', allow_vggish=False):
     import dnnlib
     if path_or_url is None:
         raise MissingDependency(f'{what} needs a model file: pass its local path or URL (see docs/audio.md)')
@@ -160,15 +164,22 @@ def load_torchscript(path_or_url, what, device='cpu'):
         raise MissingDependency(f'{what}: cannot fetch {path_or_url}: {e}') from None
     if not os.path.isfile(path):
         raise MissingDependency(f'{what}: model file not found: {path}')
+    if allow_vggish:
+        from edm_spectral.audio import vggish
+        try:
+            return vggish.load_vggish(path, device)
+        except Exception:
+            pass # Not a VGGish state dict: try TorchScript below.
     try:
         return torch.jit.load(path, map_location=device).eval()
     except Exception as e:
-        raise MissingDependency(f'{what}: {path} is not a TorchScript module ({e}); see docs/audio.md for how to export one') from None
+        kinds = 'a VGGish state dict (torchvggish format) nor a TorchScript module' if allow_vggish else 'a TorchScript module'
+        raise MissingDependency(f'{what}: {path} is neither {kinds} ({type(e).__name__}); see docs/audio.md') from None
 
 def model_embeddings(model, audio, rate, device='cpu'):
-    wave = torch.from_numpy(resample(audio, rate)).to(device)
+    wave = torch.from_numpy(resample(audio, rate))
     with torch.no_grad():
-        emb = model(wave)
+        emb = model.embed(wave) if hasattr(model, 'embed') else model(wave.to(device))
     emb = torch.as_tensor(emb).float().cpu().numpy()
     return emb.reshape(-1, emb.shape[-1])
 
@@ -233,7 +244,7 @@ def evaluate(gen_dir, ref_dir, metrics=('mrstft', 'ndb', 'fad'), ndb_k=50, vggis
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown:
         raise ValueError(f'Unknown metric(s) {sorted(unknown)}; choose from {", ".join(ALL_METRICS)}')
-    fad_model = load_torchscript(vggish, 'FAD with VGGish', device) if ('fad' in metrics and vggish) else None
+    fad_model = load_torchscript(vggish, 'FAD with VGGish', device, allow_vggish=True) if ('fad' in metrics and vggish) else None
     utmos_model = load_torchscript(utmos, 'UTMOS', device) if 'utmos' in metrics else None
     if 'pesq' in metrics:
         try:
@@ -280,7 +291,7 @@ def format_table(results):
 @click.option('--ref',      help='Reference WAVs [default: <first --gen>/reference]', metavar='DIR', type=str)
 @click.option('--metrics',  help='Comma-separated subset of mrstft,pesq,ndb,fad,utmos, or auto (those available here)', metavar='LIST', type=str, default='auto', show_default=True)
 @click.option('--ndb-k',    help='NDB: number of K-means bins', metavar='INT', type=click.IntRange(min=2), default=50, show_default=True)
-@click.option('--vggish',   help='FAD embedding: TorchScript VGGish (path or URL) [default: logmel stand-in]', metavar='PATH|URL', type=str)
+@click.option('--vggish',   help='FAD embedding: VGGish weights (torchvggish .pth) or TorchScript module, path or URL [default: logmel stand-in]', metavar='PATH|URL', type=str)
 @click.option('--utmos',    help='UTMOS: TorchScript model (path or URL)', metavar='PATH|URL', type=str)
 @click.option('--out',      help='Write the results as JSON here', metavar='FILE', type=str)
 @click.option('--device',   help='Device for the embedding models [default: cuda if available, else cpu]', metavar='STR', type=str)
