@@ -134,8 +134,11 @@ def ndb(ref_feats, gen_feats, k=50, alpha=0.05, seed=0):
 # Frechet distance between N(mu1, s1) and N(mu2, s2).
 
 def frechet_distance(mu1, s1, mu2, s2):
+    import warnings
     import scipy.linalg
-    covmean = np.real(scipy.linalg.sqrtm(np.asarray(s1) @ np.asarray(s2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', scipy.linalg.LinAlgWarning) # Singular covariances (few frames) are expected.
+        covmean = np.real(scipy.linalg.sqrtm(np.asarray(s1) @ np.asarray(s2)))
     return float(max(np.square(mu1 - mu2).sum() + np.trace(s1 + s2 - 2 * covmean), 0.0))
 
 def fad(ref_emb, gen_emb):

@@ -73,7 +73,10 @@ class VGGish(torch.nn.Module):
 # if present, are ignored).
 
 def load_vggish(path, device='cpu'):
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore') # torch.load warns when handed a TorchScript archive; the caller falls back to it.
+        state = torch.load(path, map_location='cpu', weights_only=True)
     if not isinstance(state, dict) or 'features.0.weight' not in state:
         raise ValueError(f'{path} is not a VGGish state dict (expected keys features.*, embeddings.*)')
     state = {k: v for k, v in state.items() if k.startswith(('features.', 'embeddings.'))}
