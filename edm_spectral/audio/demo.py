@@ -24,7 +24,7 @@ from edm_spectral.audio import make_corpus, metrics, train, vocode
 
 PRESETS = {
     'smoke': dict(clips=6, heldout=2, layers=2, channels=8, cycle=2, batch=2, crop=8, base_steps=4, ft_steps=2, seeds=[0, 1], ndb_k=5),
-    'demo':  dict(clips=64, heldout=8, layers=6, channels=16, cycle=3, batch=4, crop=16, base_steps=800, ft_steps=250, seeds=[0, 1], ndb_k=20),
+    'demo':  dict(clips=64, heldout=8, layers=6, channels=16, cycle=3, batch=4, crop=16, base_steps=4000, ft_steps=600, seeds=[0, 1, 2], ndb_k=10),
 }
 
 # Fine-tuning variants: name -> spectral kwargs (None = plain L1 objective).
