@@ -88,7 +88,6 @@ def training_run(run_dir, data, params, steps, batch=16, lr=2e-4, spectral_kwarg
     if src is None:
         net = model_lib.DiffWave(params)
     net.train().requires_grad_(True).to(device)
-    init_state = copy.deepcopy(net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     scaler = torch.amp.GradScaler('cuda', enabled=fp16)
     if resume is not None:
@@ -101,8 +100,10 @@ def training_run(run_dir, data, params, steps, batch=16, lr=2e-4, spectral_kwarg
             scaler.load_state_dict(src_data['scaler'])
         if src_data.get('spectral_kwargs', None) != (spectral_kwargs or None) and rank == 0:
             print(f'Note: resuming with spectral settings {spectral_kwargs}, the checkpoint had {src_data.get("spectral_kwargs")}')
-        init_state = src_data.get('init_model', init_state)
     ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None) if world > 1 else net
+    init_state = copy.deepcopy(net.state_dict()) # After DDP's broadcast: rank 0's weights on every rank.
+    if resume is not None and src_data.get('init_model'):
+        init_state = src_data['init_model'] # Keep measuring from where fine-tuning started.
     spectral = build_spectral(spectral_kwargs)
 
     # Data: endless random crops, each rank with its own stream.
