@@ -72,7 +72,7 @@ def run_demo(outdir, preset='demo', device='cpu', seed=0, verbose=True):
         ids = vocode.vocode_corpus(ckpt, corpus, voc, split='heldout', seeds=cfg['seeds'], fast=True, device=device, verbose=False)
         results[name] = metrics.evaluate(voc, os.path.join(voc, 'reference'), metrics=metrics.available_metrics(), ndb_k=cfg['ndb_k'])
         summary['variants'][name] = dict(spectral_kwargs=spectral_kwargs, metrics=results[name], weights_moved=moved,
-            final_l1=last['Loss/base']['mean'], final_spectral=last.get('Loss/spectral', {}).get('mean'),
+            final_l1=last['Loss/base']['mean'], final_spectral=last['Loss/spectral']['mean'] if last.get('Loss/spectral', {}).get('num') else None,
             train_seconds=train_time, vocode_metrics_seconds=time.time() - t)
         columns[name] = [data_lib.mel_spectrogram(torch.from_numpy(data_lib.read_wav(os.path.join(voc, f'seed{cfg["seeds"][0]:03d}', i + '.wav'))[0]),
             train.model_lib.make_params()).numpy() for i in ids[:3]]
