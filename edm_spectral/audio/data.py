@@ -176,7 +176,10 @@ class AudioCorpus:
             mel = np.load(path)
         else:
             audio = self.audio(idx) if audio is None else audio
-            mel = mel_spectrogram(torch.from_numpy(audio), self.params).numpy()
+            try:
+                mel = mel_spectrogram(torch.from_numpy(audio), self.params).numpy()
+            except ValueError as e:
+                raise ValueError(f'{self.clips[idx][1]}: {e}') from None
             if path:
                 tmp = f'{path}.{os.getpid()}.tmp.npy'
                 np.save(tmp, mel)
