@@ -130,3 +130,12 @@ def test_corpus_split_cache_and_crops(tmp_path):
         data_lib.list_clips(root, 'test')
 
 #----------------------------------------------------------------------------
+
+def test_too_short_clip_names_the_file(tmp_path):
+    root = str(tmp_path / 'lj')
+    make_corpus(root, ['LJ003-0001'], seconds=0.01)
+    corpus = data_lib.AudioCorpus(root, model_lib.make_params(), split='train')
+    with pytest.raises(ValueError, match='LJ003-0001.wav.*too short'):
+        corpus.mel(0)
+
+#----------------------------------------------------------------------------
