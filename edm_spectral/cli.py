@@ -83,23 +83,35 @@ class SigmaMax(click.ParamType):
         return s
 
 #----------------------------------------------------------------------------
-# Click decorator adding the --spectral* options to a command.
+# Click decorator adding the --spectral* options to a command. Used bare
+# (@spectral_options) or with other defaults for a command, keyed by the
+# parameter name (@spectral_options(spectral='wavelet', spectral_weight='1')).
 
-def spectral_options(f):
+_defaults = dict(spectral='none', spectral_weight='weighted', spectral_wavelet='haar', spectral_levels=3,
+    spectral_level_weights=None, spectral_wavelet_mode='symmetric', spectral_reduction='sum', spectral_fft_norm='ortho',
+    spectral_ap_form='product', spectral_phase_wrap=True, spectral_warmup=0, spectral_sigma_max=None, spectral_ddim_steps=1)
+
+def spectral_options(f=None, **defaults):
+    unknown = set(defaults) - set(_defaults)
+    if unknown:
+        raise TypeError(f'spectral_options: unknown defaults {sorted(unknown)}')
+    if f is None:
+        return lambda g: spectral_options(g, **defaults)
+    d = dict(_defaults, **defaults)
     options = [
-        click.option('--spectral',                help='Spectral regularizer on the predicted clean sample', metavar='none|fourier-amp|fourier-amp-phase|wavelet', type=click.Choice(_kinds), default='none', show_default=True),
-        click.option('--spectral-weight',         help='lambda: the loss\'s own noise weight, or a constant', metavar='weighted|FLOAT', type=SpectralWeight(), default='weighted', show_default=True),
-        click.option('--spectral-wavelet',        help='Wavelet for --spectral=wavelet (any discrete PyWavelets name)', metavar='NAME', type=WaveletName(), default='haar', show_default=True),
-        click.option('--spectral-levels',         help='Wavelet decomposition levels (capped by the signal size)', metavar='INT', type=click.IntRange(min=1), default=3, show_default=True),
-        click.option('--spectral-level-weights',  help='Wavelet gammas: LEVELS+1 comma-separated values, approximation first, then coarsest to finest level; a:b:c gives per-band (H:V:D) weights  [default: all 1]', metavar='LIST', type=LevelWeights(), default=None),
-        click.option('--spectral-wavelet-mode',   help='Wavelet boundary mode, as in PyWavelets', metavar='MODE', type=click.Choice(_wavelet_modes), default='symmetric', show_default=True),
-        click.option('--spectral-reduction',      help='L1 norms as sums or means over coefficients, per sample', metavar='sum|mean', type=click.Choice(['sum', 'mean']), default='sum', show_default=True),
-        click.option('--spectral-fft-norm',       help='FFT normalisation', metavar='ortho|backward', type=click.Choice(['ortho', 'backward']), default='ortho', show_default=True),
-        click.option('--spectral-ap-form',        help='Amplitude+phase: printed product of norms, or per-frequency coupling', metavar='product|elementwise', type=click.Choice(['product', 'elementwise']), default='product', show_default=True),
-        click.option('--spectral-phase-wrap',     help='Wrap phase differences into (-pi, pi]', metavar='BOOL', type=bool, default=True, show_default=True),
-        click.option('--spectral-warmup',         help='Ramp lambda up linearly from 0 over this many kimg', metavar='KIMG', type=click.FloatRange(min=0), default=0, show_default=True),
-        click.option('--spectral-sigma-max',      help='Switch the term off for noise levels sigma >= this  [default: none]', metavar='FLOAT', type=SigmaMax(), default=None),
-        click.option('--spectral-ddim-steps',     help='DDPM only: DDIM steps for the x0 estimate (1 = one-step estimate)', metavar='INT', type=click.IntRange(min=1), default=1, show_default=True),
+        click.option('--spectral',                help='Spectral regularizer on the predicted clean sample', metavar='none|fourier-amp|fourier-amp-phase|wavelet', type=click.Choice(_kinds), default=d['spectral'], show_default=True),
+        click.option('--spectral-weight',         help='lambda: the loss\'s own noise weight, or a constant', metavar='weighted|FLOAT', type=SpectralWeight(), default=d['spectral_weight'], show_default=True),
+        click.option('--spectral-wavelet',        help='Wavelet for --spectral=wavelet (any discrete PyWavelets name)', metavar='NAME', type=WaveletName(), default=d['spectral_wavelet'], show_default=True),
+        click.option('--spectral-levels',         help='Wavelet decomposition levels (capped by the signal size)', metavar='INT', type=click.IntRange(min=1), default=d['spectral_levels'], show_default=True),
+        click.option('--spectral-level-weights',  help='Wavelet gammas: LEVELS+1 comma-separated values, approximation first, then coarsest to finest level; a:b:c gives per-band (H:V:D) weights  [default: all 1]', metavar='LIST', type=LevelWeights(), default=d['spectral_level_weights']),
+        click.option('--spectral-wavelet-mode',   help='Wavelet boundary mode, as in PyWavelets', metavar='MODE', type=click.Choice(_wavelet_modes), default=d['spectral_wavelet_mode'], show_default=True),
+        click.option('--spectral-reduction',      help='L1 norms as sums or means over coefficients, per sample', metavar='sum|mean', type=click.Choice(['sum', 'mean']), default=d['spectral_reduction'], show_default=True),
+        click.option('--spectral-fft-norm',       help='FFT normalisation', metavar='ortho|backward', type=click.Choice(['ortho', 'backward']), default=d['spectral_fft_norm'], show_default=True),
+        click.option('--spectral-ap-form',        help='Amplitude+phase: printed product of norms, or per-frequency coupling', metavar='product|elementwise', type=click.Choice(['product', 'elementwise']), default=d['spectral_ap_form'], show_default=True),
+        click.option('--spectral-phase-wrap',     help='Wrap phase differences into (-pi, pi]', metavar='BOOL', type=bool, default=d['spectral_phase_wrap'], show_default=True),
+        click.option('--spectral-warmup',         help='Ramp lambda up linearly from 0 over this many kimg', metavar='KIMG', type=click.FloatRange(min=0), default=d['spectral_warmup'], show_default=True),
+        click.option('--spectral-sigma-max',      help='Switch the term off for noise levels sigma >= this', metavar='FLOAT', type=SigmaMax(), default=d['spectral_sigma_max'], show_default='none' if d['spectral_sigma_max'] is None else True),
+        click.option('--spectral-ddim-steps',     help='DDPM only: DDIM steps for the x0 estimate (1 = one-step estimate)', metavar='INT', type=click.IntRange(min=1), default=d['spectral_ddim_steps'], show_default=True),
     ]
     for option in reversed(options):
         f = option(f)
