@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv espeak test demo demo-audio bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +15,20 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
+# espeak-ng synthesises the embedded speech corpus of the audio demo (Debian/Ubuntu: apt).
+espeak:
+	@command -v espeak-ng >/dev/null || { command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null) || \
+		echo "warning: could not install espeak-ng; the audio demo and its tests need it"; }
+
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
 	$(PY) -m edm_spectral.toy --outdir=out/demo
+
+demo-audio: $(STAMP) espeak
+	$(PY) -m edm_spectral.audio.demo --outdir=out/demo-audio
 
 bench: $(STAMP)
 	$(PY) -m edm_spectral.bench
