@@ -13,7 +13,6 @@ import shutil
 import time
 
 import click
-import numpy as np
 import torch
 
 from edm_spectral.audio import data as data_lib
