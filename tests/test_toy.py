@@ -60,3 +60,14 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert grid.mode == 'L'
 
 #----------------------------------------------------------------------------
+
+def test_leaked_power_fraction_known_answers():
+    gt = toy.make_checkerboards(16, 16, [2, 4], seed=0)
+    assert toy.leaked_power_fraction(gt, gt) == 0.0
+    # Shifted checkerboards have the same power spectrum: nothing leaks.
+    assert toy.leaked_power_fraction(np.roll(gt, 1, axis=-1), gt) == pytest.approx(0, abs=1e-12)
+    # White noise spreads its power evenly over all non-DC frequencies.
+    noise = np.random.RandomState(0).randint(0, 256, size=[256, 1, 16, 16]).astype(np.uint8)
+    power = np.abs(np.fft.fft2(gt[:, 0].astype(np.float64) / 127.5 - 1)) ** 2
+    support = (power.mean(axis=0) > 1e-6 * power.mean(axis=0).max()).sum()
+    assert toy.leaked_power_fraction(noise, gt) == pytest.approx(1 - support / 255, abs=0.03)
