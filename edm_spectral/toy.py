@@ -1,17 +1,16 @@
 """The checkerboard toy experiment of the paper (Fig. 1 and Fig. 2), the project's `make demo`.
 
 Trains the same small DDPM twice on grayscale checkerboards, once with the plain epsilon MSE
-and once with the amplitude+phase Fourier term added, samples both, and compares their
-radially averaged power spectra with the ground truth."""
+and once with the amplitude+phase Fourier term added (for a few training seeds), samples both,
+and compares their power spectra with the ground truth."""
 
 import copy
 import glob
 import json
 import os
 import shutil
-import time
-
 import sys
+import time
 
 import click
 import numpy as np
@@ -26,16 +25,14 @@ from edm_spectral.cli import spectral_options, spectral_kwargs_from_options
 # the paper's 64x64 setting, `smoke` is the test suite's end-to-end check.
 
 PRESETS = {
-    'smoke': dict(resolution=16, checker_sizes=[2, 4], num_images=64,   model_channels=8,  channel_mult=[1, 2],    kimg=0.064, batch=8,  num_samples=8,  steps=8,  tick=0.032),
-    'demo':  dict(resolution=32, checker_sizes=[4, 8], num_images=1024, model_channels=32, channel_mult=[1, 2, 2], kimg=24,    batch=32, num_samples=64, steps=50, tick=4),
-    'full':  dict(resolution=64, checker_sizes=[8, 16], num_images=4096, model_channels=64, channel_mult=[1, 2, 2, 2], kimg=200, batch=64, num_samples=256, steps=100, tick=20),
+    'smoke': dict(resolution=16, checker_sizes=[2, 4],  num_images=64,   model_channels=8,  channel_mult=[1, 2],       kimg=0.064, batch=8,  num_samples=8,   steps=8,   tick=0.032, num_seeds=1),
+    'demo':  dict(resolution=16, checker_sizes=[2, 4],  num_images=1024, model_channels=32, channel_mult=[1, 2],       kimg=24,    batch=32, num_samples=256, steps=50,  tick=6,     num_seeds=3),
+    'full':  dict(resolution=64, checker_sizes=[8, 16], num_images=4096, model_channels=64, channel_mult=[1, 2, 2, 2], kimg=400,   batch=64, num_samples=256, steps=100, tick=20,    num_seeds=3),
 }
 
-# The regularized model's spectral term: the paper's amplitude+phase loss (printed product
-# form) with a constant lambda, applied below a noise level only. With VPPrecond,
-# D = x - sigma * eps_hat, so an L1 term on D pushes eps_hat with a force proportional to
-# sigma; at DDPM's top noise levels (sigma ~ 150) that would swamp the epsilon loss.
-DEFAULT_SPECTRAL = dict(kind='fourier-amp-phase', weight=1.0, sigma_max=1.0)
+# The regularized model's spectral term: the paper's amplitude+phase loss in its printed
+# product form, "unweighted" (constant lambda = 1), at every noise level.
+DEFAULT_SPECTRAL = dict(kind='fourier-amp-phase', weight=1.0)
 
 #----------------------------------------------------------------------------
 # Ground-truth data: +-1 checkerboards with a random checker size from `checker_sizes` and a
@@ -128,55 +125,72 @@ def sample_ddim(snapshot_path, num_samples, num_steps, device):
 
 #----------------------------------------------------------------------------
 
-def run_experiment(outdir, preset='demo', spectral_kwargs=None, seed=0, device=None, overrides=None):
+def run_experiment(outdir, preset='demo', spectral_kwargs=None, seed=0, num_seeds=None, device=None, overrides=None):
     from edm_spectral import spectrum
     from edm_spectral.images import save_image_grid
     from torch_utils import distributed as dist
 
     cfg = dnnlib.EasyDict(PRESETS[preset], lr=2e-3)
     cfg.update(overrides or {})
+    num_seeds = cfg.num_seeds if num_seeds is None else num_seeds
     device = dist.resolve_device(device)
     os.makedirs(outdir, exist_ok=True)
     t_start = time.time()
 
-    # Ground truth.
+    # Ground truth: the training set, and its first images as the reference for the metrics.
     data_dir = os.path.join(outdir, 'data')
     gt = make_checkerboards(cfg.num_images, cfg.resolution, cfg.checker_sizes, seed=seed)
     shutil.rmtree(data_dir, ignore_errors=True)  # results of an earlier run are replaced, never mixed
     write_image_folder(gt, data_dir)
+    gt_samples = torch.as_tensor(gt[:cfg.num_samples])
+    gt_spectrum = spectrum.radial_power_spectrum(gt_samples)
 
-    # Train baseline and regularized models with identical seeds, data order and settings.
+    # Train baseline and regularized models with identical settings; for each training seed
+    # both see the same initial weights, data order and noise draws.
     spectral_kwargs = dict(DEFAULT_SPECTRAL, **(spectral_kwargs or {}))
     runs = {'baseline': None, 'spectral': spectral_kwargs}
-    samples = {'ground truth': torch.as_tensor(gt[:cfg.num_samples])}
-    timings = {}
-    for name, kwargs in runs.items():
-        t0 = time.time()
-        run_dir = os.path.join(outdir, f'run-{name}')
-        shutil.rmtree(run_dir, ignore_errors=True)
-        os.makedirs(run_dir)
-        print(f'Training {name} model in {run_dir} ...')
-        snapshot = train_ddpm(run_dir, data_dir, cfg, copy.deepcopy(kwargs), seed=seed, device=device)
-        print(f'Sampling {cfg.num_samples} images from {snapshot} ...')
-        samples[name] = sample_ddim(snapshot, cfg.num_samples, cfg.steps, device).cpu()
-        timings[name] = time.time() - t0
+    samples = {name: [] for name in runs}
+    per_seed = {name: [] for name in runs}
+    timings = {name: 0.0 for name in runs}
+    for train_seed in range(seed, seed + num_seeds):
+        for name, kwargs in runs.items():
+            t0 = time.time()
+            run_dir = os.path.join(outdir, f'run-{name}-seed{train_seed}')
+            shutil.rmtree(run_dir, ignore_errors=True)
+            os.makedirs(run_dir)
+            print(f'Training {name} model (seed {train_seed}) in {run_dir} ...')
+            snapshot = train_ddpm(run_dir, data_dir, cfg, copy.deepcopy(kwargs), seed=train_seed, device=device)
+            print(f'Sampling {cfg.num_samples} images from {snapshot} ...')
+            images = sample_ddim(snapshot, cfg.num_samples, cfg.steps, device).cpu()
+            d = spectrum.spectral_distance(spectrum.radial_power_spectrum(images)[1], gt_spectrum[1])
+            d['leaked_power'] = leaked_power_fraction(images, gt_samples)
+            d['seed'] = train_seed
+            per_seed[name].append(d)
+            samples[name].append(images)
+            timings[name] += time.time() - t0
 
-    # Figures: sample grids (Fig. 1) and radially averaged power spectra (Fig. 2).
+    # Figures: sample grids of the first seed (Fig. 1) and spectra of all samples (Fig. 2).
     figures = {}
-    for name, images in samples.items():
+    shown = {'ground truth': gt_samples, **{name: images[0] for name, images in samples.items()}}
+    for name, images in shown.items():
         path = os.path.join(outdir, f'grid-{name.replace(" ", "-")}.png')
         save_image_grid(images[:64], path)
         figures[name] = os.path.basename(path)
-    spectra = {name: spectrum.radial_power_spectrum(images) for name, images in samples.items()}
-    spectrum.plot_spectra(spectra, os.path.join(outdir, 'spectra.png'), ref_name='ground truth')
-    distances = {name: spectrum.spectral_distance(spectra[name][1], spectra['ground truth'][1])
-        for name in runs}
-    for name in runs:
-        distances[name]['leaked_power'] = leaked_power_fraction(samples[name], samples['ground truth'])
+    spectra = {'ground truth': gt_spectrum, **{name: spectrum.radial_power_spectrum(torch.cat(images)) for name, images in samples.items()}}
+    spectrum.plot_spectra(spectra, os.path.join(outdir, 'spectra.png'), ref_name='ground truth',
+        title=f'Radially averaged power spectrum ({cfg.resolution}x{cfg.resolution} checkerboards)')
 
+    # Metrics: mean and standard deviation over the training seeds.
+    distances = {}
+    for name, rows in per_seed.items():
+        distances[name] = {}
+        for key in ['overall', 'high', 'leaked_power']:
+            values = np.array([row[key] for row in rows])
+            distances[name][key] = float(values.mean())
+            distances[name][key + '_std'] = float(values.std())
     summary = dict(
-        preset=preset, config=dict(cfg), spectral=spectral_kwargs, seed=seed, device=str(device),
-        distances=distances, grids=figures, spectra_plot='spectra.png',
+        preset=preset, config=dict(cfg), spectral=spectral_kwargs, seed=seed, num_seeds=num_seeds, device=str(device),
+        distances=distances, per_seed=per_seed, grids=figures, spectra_plot='spectra.png',
         spectral_closer=bool(distances['spectral']['overall'] < distances['baseline']['overall']),
         spectral_leaks_less=bool(distances['spectral']['leaked_power'] < distances['baseline']['leaked_power']),
         seconds=dict(timings, total=time.time() - t_start))
@@ -192,25 +206,28 @@ def run_experiment(outdir, preset='demo', spectral_kwargs=None, seed=0, device=N
 def format_summary_md(summary):
     cfg, spec = summary['config'], summary['spectral']
     term = ', '.join(f'{k}={v}' for k, v in spec.items() if k != 'kind')
+    seeds = f'training seeds {summary["seed"]}..{summary["seed"] + summary["num_seeds"] - 1}' if summary['num_seeds'] > 1 else f'training seed {summary["seed"]}'
     lines = [
         '# Checkerboard experiment',
         '',
         f'{cfg["resolution"]}x{cfg["resolution"]} grayscale checkerboards (checker sizes {cfg["checker_sizes"]} px), '
-        f'DDPM (T=1000, linear betas), {cfg["kimg"]} kimg at batch {cfg["batch"]}, DDIM sampling with {cfg["steps"]} steps, '
-        f'{cfg["num_samples"]} samples per model, seed {summary["seed"]}. Spectral term: {spec["kind"]} ({term}).',
+        f'DDPM (T=1000, linear betas), {cfg["kimg"]} kimg at batch {cfg["batch"]} per model, DDIM sampling with {cfg["steps"]} steps, '
+        f'{cfg["num_samples"]} samples per model, {seeds}. Spectral term: {spec["kind"]} ({term}).',
         '',
-        'Distances to the ground truth (lower is better): mean |log10 PSD difference| over the radial',
-        'frequency bins, overall and over the upper half of the frequencies; and the fraction of the',
-        'power at frequencies where the ground truth has none (leaked power).',
+        'Distances to the ground truth, mean +- std over training seeds (lower is better): mean',
+        '|log10 PSD difference| over the radial frequency bins, overall and over the upper half of',
+        'the frequencies; and the fraction of the power at frequencies where the ground truth has',
+        'none (leaked power).',
         '',
         '| model | log-PSD distance | high-frequency half | leaked power |',
         '|---|---:|---:|---:|',
     ]
     for name, d in summary['distances'].items():
-        lines.append(f'| {name} | {d["overall"]:.3f} | {d["high"]:.3f} | {d["leaked_power"]:.4f} |')
+        lines.append(f'| {name} | {d["overall"]:.3f} +- {d["overall_std"]:.3f} | {d["high"]:.3f} +- {d["high_std"]:.3f} '
+            f'| {d["leaked_power"]:.4f} +- {d["leaked_power_std"]:.4f} |')
     yes_no = lambda flag: '**yes**' if flag else '**no**'
-    lines += ['', f'Spectral model closer to the ground-truth spectrum: {yes_no(summary["spectral_closer"])}; '
-        f'leaks less power: {yes_no(summary["spectral_leaks_less"])}.',
+    lines += ['', f'Spectral model closer to the ground-truth spectrum (mean): {yes_no(summary["spectral_closer"])}; '
+        f'leaks less power (mean): {yes_no(summary["spectral_leaks_less"])}.',
         '', f'Total time: {summary["seconds"]["total"]:.0f} s on {summary["device"]}.', '']
     return '\n'.join(lines)
 
@@ -221,10 +238,11 @@ def format_summary_md(summary):
 @click.option('--full',     help='Run the paper-size 64x64 experiment (much longer)', is_flag=True)
 @click.option('--smoke',    help='Tiny sizes for a quick end-to-end check', is_flag=True)
 @click.option('--kimg',     help='Override the training length per model', metavar='KIMG', type=click.FloatRange(min=0, min_open=True))
-@click.option('--seed',     help='Random seed (data, init, training)', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--seed',     help='Random seed of the data and of the first training run', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--num-seeds', help='Training seeds per model (results are mean +- std)  [default: 3; --smoke: 1]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--device',   help='Device (default: cuda if available, else cpu)', metavar='STR', type=str)
 @spectral_options(**{f'spectral_{k}' if k != 'kind' else 'spectral': v for k, v in DEFAULT_SPECTRAL.items()})
-def main(outdir, full, smoke, kimg, seed, device, **spectral_opts):
+def main(outdir, full, smoke, kimg, seed, num_seeds, device, **spectral_opts):
     """Checkerboard experiment: DDPM with and without a spectral loss (default: Fourier amplitude+phase).
 
     \b
@@ -241,7 +259,7 @@ def main(outdir, full, smoke, kimg, seed, device, **spectral_opts):
         raise click.ClickException('--spectral=none: the experiment compares a baseline with a regularized model; pick a regularizer')
     preset = 'full' if full else 'smoke' if smoke else 'demo'
     overrides = {} if kimg is None else dict(kimg=kimg, tick=kimg / 6)
-    run_experiment(outdir, preset=preset, spectral_kwargs=spectral_kwargs, seed=seed, device=device, overrides=overrides)
+    run_experiment(outdir, preset=preset, spectral_kwargs=spectral_kwargs, seed=seed, num_seeds=num_seeds, device=device, overrides=overrides)
 
 #----------------------------------------------------------------------------
 

@@ -52,9 +52,9 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert summary['spectral_closer'] == (summary['distances']['spectral']['overall'] < summary['distances']['baseline']['overall'])
     # Both models ran through the real training loop and left their run files.
     for name in ['baseline', 'spectral']:
-        run_dir = os.path.join(outdir, f'run-{name}')
+        run_dir = os.path.join(outdir, f'run-{name}-seed0')
         assert os.path.isfile(os.path.join(run_dir, 'stats.jsonl'))
-    stats = [json.loads(line) for line in open(os.path.join(outdir, 'run-spectral', 'stats.jsonl'))]
+    stats = [json.loads(line) for line in open(os.path.join(outdir, 'run-spectral-seed0', 'stats.jsonl'))]
     assert any('Loss/spectral' in s for s in stats)
     grid = PIL.Image.open(os.path.join(outdir, 'grid-spectral.png'))
     assert grid.mode == 'L'
