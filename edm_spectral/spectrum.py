@@ -183,7 +183,7 @@ def plot_spectra(spectra, path, ref_name=None, title='Radially averaged power sp
         freqs, psd = np.asarray(freqs), np.asarray(psd)
         ok = psd > 0   # log scale: drop empty bins (the DC bin after mean removal)
         style = dict(color='black', linestyle='--', linewidth=2) if name == ref_name else dict(linewidth=1.5)
-        ax.semilogy(freqs[ok], psd[ok], label=name, **style)
+        ax.semilogy(freqs[ok], psd[ok], label=name, marker='o', markersize=3, **style) # markers: dropped bins stay visible as gaps between points
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -175,6 +175,9 @@ def run_experiment(outdir, preset='demo', spectral_kwargs=None, seed=0, num_seed
     for name, images in shown.items():
         path = os.path.join(outdir, f'grid-{name.replace(" ", "-")}.png')
         save_image_grid(images[:64], path)
+        grid = PIL.Image.open(path)
+        zoom = max(1, 512 // grid.width) # small images: enlarge (nearest neighbour) for viewing
+        grid.resize((grid.width * zoom, grid.height * zoom), PIL.Image.NEAREST).save(path)
         figures[name] = os.path.basename(path)
     spectra = {'ground truth': gt_spectrum, **{name: spectrum.radial_power_spectrum(torch.cat(images)) for name, images in samples.items()}}
     spectrum.plot_spectra(spectra, os.path.join(outdir, 'spectra.png'), ref_name='ground truth',
