@@ -1,6 +1,7 @@
 """Process-group set-up for single-process runs and torchrun launches, on
 CUDA (NCCL) or CPU (Gloo)."""
 
+import atexit
 import os
 import sys
 
@@ -47,9 +48,19 @@ def init(device=None):
     if world_size > 1 and not torch.distributed.is_initialized():
         backend = 'nccl' if device.type == 'cuda' and sys.platform != 'win32' else 'gloo'
         torch.distributed.init_process_group(backend=backend, init_method='env://')
+        atexit.register(_shutdown)
 
     training_stats.init_multiprocessing(rank=get_rank(), sync_device=(device if get_world_size() > 1 else None))
     return device
+
+#----------------------------------------------------------------------------
+# Tear the process group down before the interpreter exits: left to process
+# teardown, Gloo's worker threads can abort the process ("terminate called
+# without an active exception"), failing a run that has finished its work.
+
+def _shutdown():
+    if _group_ready():
+        torch.distributed.destroy_process_group()
 
 #----------------------------------------------------------------------------
 # Rank and world size; 0 and 1 when no process group exists.
