@@ -208,7 +208,9 @@ def run_experiment(outdir, preset='demo', spectral_kwargs=None, seed=0, num_seed
 
 def format_summary_md(summary):
     cfg, spec = summary['config'], summary['spectral']
-    term = ', '.join(f'{k}={v}' for k, v in spec.items() if k != 'kind')
+    relevant = ['weight', 'reduction', 'warmup_kimg', 'sigma_max'] + (['wavelet', 'levels', 'level_weights', 'wavelet_mode']
+        if spec['kind'] == 'wavelet' else ['fft_norm'] + (['ap_form', 'phase_wrap'] if spec['kind'] == 'fourier-amp-phase' else []))
+    term = ', '.join(f'{k}={spec[k]}' for k in relevant if k in spec)
     seeds = f'training seeds {summary["seed"]}..{summary["seed"] + summary["num_seeds"] - 1}' if summary['num_seeds'] > 1 else f'training seed {summary["seed"]}'
     lines = [
         '# Checkerboard experiment',
