@@ -129,3 +129,38 @@ def test_forward_shapes_and_gradients():
         net(audio, torch.tensor([0, 1]), torch.rand(2, 16, 4))
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# The optional 'interp' mel upsampler init is linear interpolation at unit gain (a ramp in time
+# stays a ramp, each mel row stays separate); the default keeps PyTorch's init; neither changes
+# the state dict's names or shapes.
+
+def test_upsampler_interp_init():
+    torch.manual_seed(0)
+    up = model_lib.SpectrogramUpsampler([16, 16], init='interp')
+    frames = torch.arange(6, dtype=torch.float32)
+    mel = torch.zeros(1, 4, 6)
+    mel[0, 1] = frames           # Ramp in time.
+    mel[0, 2] = 0.5              # Constant.
+    with torch.no_grad():
+        y = up(mel)
+    assert y.shape == (1, 4, 6 * 256)
+    inner = slice(256, 5 * 256)  # Away from the edges (half-weighted there, as zero padding).
+    d = y[0, 1, inner].diff()
+    assert torch.allclose(d, torch.full_like(d, 1 / 256), atol=1e-5)
+    assert torch.allclose(y[0, 2, inner], torch.full_like(y[0, 2, inner], 0.5), atol=1e-6)
+    assert y[0, 0].abs().max() == 0 and y[0, 3].abs().max() == 0
+    # Frame k's value sits at the centre of its hop (the ramp passes k at sample 256 k + 127.5).
+    assert abs(float(y[0, 1, 2 * 256 + 127] + y[0, 1, 2 * 256 + 128]) / 2 - 2.0) < 1e-4
+
+    lmnt = model_lib.SpectrogramUpsampler([16, 16])
+    with torch.no_grad():
+        gain = lmnt(mel)[0, 1, inner].diff().mean() * 256
+    assert abs(float(gain)) < 0.2 # PyTorch's default: the mel's variation strongly attenuated.
+    a = model_lib.DiffWave(model_lib.make_params(residual_layers=2, residual_channels=8), upsampler_init='interp')
+    b = model_lib.DiffWave(model_lib.make_params(residual_layers=2, residual_channels=8))
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    with pytest.raises(ValueError, match='upsampler init'):
+        model_lib.SpectrogramUpsampler([16, 16], init='nearest')
+
+#----------------------------------------------------------------------------

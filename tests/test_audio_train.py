@@ -113,3 +113,26 @@ def test_train_resume_vocode_end_to_end(tmp_path):
     assert not np.array_equal(gen0, gen) # Seeds differ.
 
 #----------------------------------------------------------------------------
+
+# --upsampler-init=interp trains a new model whose upsampler starts as linear interpolation; it
+# is rejected when the weights come from a checkpoint.
+def test_train_upsampler_init_option(tmp_path):
+    from edm_spectral.audio import train
+    root = str(tmp_path / 'lj')
+    make_corpus(root, ['LJ001-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
+    runner = CliRunner()
+    common = ['--data', root, '--outdir', str(tmp_path / 'runs'), '--residual-layers=2', '--residual-channels=8',
+        '--dilation-cycle=2', '--batch=2', '--crop-frames=8', '--workers=0', '--device=cpu', '--lr=1e-12']
+    res = runner.invoke(train.main, common + ['--steps=1', '--upsampler-init=interp'])
+    assert res.exit_code == 0, res.output
+    run = os.path.join(str(tmp_path / 'runs'), sorted(os.listdir(tmp_path / 'runs'))[0])
+    assert json.load(open(os.path.join(run, 'training_options.json')))['upsampler_init'] == 'interp'
+    w = torch.load(os.path.join(run, 'weights.pt'), weights_only=True)['model']['spectrogram_upsampler.conv1.weight']
+    ref = model_lib.SpectrogramUpsampler([16, 16], init='interp').conv1.weight.detach()
+    assert torch.allclose(w, ref, atol=1e-6) # Tiny lr: still the interpolation kernel after one step.
+    res = runner.invoke(train.main, common + ['--steps=1', '--upsampler-init=interp', '--init', os.path.join(run, 'weights.pt')])
+    assert res.exit_code != 0 and 'only applies to new models' in res.output
+    res = runner.invoke(train.main, common + ['--steps=1', '--upsampler-init=cubic'])
+    assert res.exit_code != 0 and 'upsampler-init' in res.output
+
+#----------------------------------------------------------------------------

@@ -107,12 +107,30 @@ class DiffusionEmbedding(torch.nn.Module):
 # factor f (kernel [3, 2f], stride [1, f], padding [1, f/2]), with leaky ReLU(0.4). LMNT's
 # 22 kHz model is factors [16, 16] = hop 256, named conv1, conv2.
 
+#
+# init='lmnt' keeps PyTorch's default initialisation (LMNT's): each stage then scales the mel
+# by ~0.1, so the network sees its variation ~100-fold attenuated and learns to use it slowly.
+# init='interp' starts each stage as linear interpolation in time (triangle kernel, centre mel
+# row only, zero bias): the mel reaches the residual layers at full scale. Initialisation is
+# not stored in checkpoints, so both give LMNT-compatible weights.
+
+UPSAMPLER_INITS = ('lmnt', 'interp')
+
 class SpectrogramUpsampler(torch.nn.Module):
-    def __init__(self, upsample_factors=(16, 16)):
+    def __init__(self, upsample_factors=(16, 16), init='lmnt'):
         super().__init__()
+        if init not in UPSAMPLER_INITS:
+            raise ValueError(f'Unknown mel upsampler init "{init}"; choose from {", ".join(UPSAMPLER_INITS)}')
         self.num_convs = len(upsample_factors)
         for idx, f in enumerate(upsample_factors):
             conv = torch.nn.ConvTranspose2d(1, 1, [3, 2 * f], stride=[1, f], padding=[1, f // 2])
+            if init == 'interp':
+                j = torch.arange(2 * f, dtype=torch.float32)
+                tri = torch.where(j < f, (j + 0.5) / f, (2 * f - j - 0.5) / f) # Overlapping pairs sum to 1.
+                with torch.no_grad():
+                    conv.weight.zero_()
+                    conv.weight[0, 0, 1] = tri
+                    conv.bias.zero_()
             setattr(self, f'conv{idx + 1}', conv)
 
     def forward(self, x):
@@ -145,15 +163,16 @@ class ResidualBlock(torch.nn.Module):
 #----------------------------------------------------------------------------
 # The network: predicts epsilon [N, 1, T] from noisy audio [N, T] (or [N, 1, T]), the diffusion
 # step [N] (int, or float for fast sampling) and the mel spectrogram [N, n_mels, T / hop].
+# `upsampler_init` only changes the starting weights (see SpectrogramUpsampler).
 
 class DiffWave(torch.nn.Module):
-    def __init__(self, params):
+    def __init__(self, params, upsampler_init='lmnt'):
         super().__init__()
         self.params = make_params(params)
         p = self.params
         self.input_projection = _conv1d(1, p['residual_channels'], 1)
         self.diffusion_embedding = DiffusionEmbedding(len(p['noise_schedule']))
-        self.spectrogram_upsampler = None if p['unconditional'] else SpectrogramUpsampler(p['upsample_factors'])
+        self.spectrogram_upsampler = None if p['unconditional'] else SpectrogramUpsampler(p['upsample_factors'], init=upsampler_init)
         self.residual_layers = torch.nn.ModuleList([
             ResidualBlock(p['n_mels'], p['residual_channels'], 2 ** (i % p['dilation_cycle_length']), unconditional=p['unconditional'])
             for i in range(p['residual_layers'])])

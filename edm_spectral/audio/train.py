@@ -67,7 +67,7 @@ def next_run_dir(outdir, desc):
 # batch over all processes. Writes weights-<step>.pt (LMNT format) and weights.pt (latest).
 
 def training_run(run_dir, data, params, steps, batch=16, lr=2e-4, spectral_kwargs=None, init=None, resume=None,
-        seed=0, fp16=False, workers=2, snap=5000, tick=100, cache_dir=None, device=None, verbose=True):
+        seed=0, fp16=False, workers=2, snap=5000, tick=100, cache_dir=None, device=None, verbose=True, upsampler_init='lmnt'):
     device = dist.init(device) if not isinstance(device, torch.device) else device
     rank, world = dist.get_rank(), dist.get_world_size()
     if batch % world:
@@ -75,6 +75,10 @@ def training_run(run_dir, data, params, steps, batch=16, lr=2e-4, spectral_kwarg
     if fp16 and device.type != 'cuda':
         raise ValueError('--fp16 needs a CUDA device')
     torch.manual_seed(seed * world + rank)
+    if upsampler_init not in model_lib.UPSAMPLER_INITS:
+        raise ValueError(f'Unknown --upsampler-init "{upsampler_init}"; choose from {", ".join(model_lib.UPSAMPLER_INITS)}')
+    if upsampler_init != 'lmnt' and (init or resume):
+        raise ValueError('--upsampler-init only applies to new models: with --init/--resume the weights come from the checkpoint')
 
     # Model and optimizer state: fresh, from a checkpoint to fine-tune, or resumed.
     start_step = 0
@@ -85,7 +89,7 @@ def training_run(run_dir, data, params, steps, batch=16, lr=2e-4, spectral_kwarg
         params = dict(ckpt_params, **{k: params[k] for k in ('batch_size', 'learning_rate', 'max_grad_norm', 'crop_mel_frames') if k in params})
     params = model_lib.make_params(params, batch_size=batch, learning_rate=lr)
     if src is None:
-        net = model_lib.DiffWave(params)
+        net = model_lib.DiffWave(params, upsampler_init=upsampler_init)
     net.train().requires_grad_(True).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     scaler = torch.amp.GradScaler('cuda', enabled=fp16)
@@ -198,6 +202,7 @@ def parse_int_list(s):
 @click.option('--residual-channels',help='Residual channels (new models)', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--dilation-cycle',   help='Dilation cycle length (new models)', metavar='INT', type=click.IntRange(min=1), default=10, show_default=True)
 @click.option('--upsample',         help='Mel upsampling factors, product = hop (new models)', metavar='LIST', type=parse_int_list, default='16,16', show_default=True)
+@click.option('--upsampler-init',   help='Mel upsampler initialisation (new models): lmnt = LMNT/PyTorch default, interp = linear interpolation', type=click.Choice(['lmnt', 'interp']), default='lmnt', show_default=True)
 @click.option('--crop-frames',      help='Mel frames per training crop', metavar='INT', type=click.IntRange(min=1), default=62, show_default=True)
 @click.option('--fp16',             help='Mixed precision (CUDA only)', is_flag=True)
 @click.option('--seed',             help='Random seed', metavar='INT', type=int, default=0, show_default=True)
@@ -238,7 +243,7 @@ def main(**opts):
         desc += f'-{opts.desc}'
     config = dict(data=opts.data, params=params, steps=opts.steps, batch=opts.batch, lr=opts.lr, spectral_kwargs=spectral_kwargs,
         init=opts.init, resume=opts.resume, seed=opts.seed, fp16=opts.fp16, workers=opts.workers, snap=opts.snap, tick=opts.tick,
-        cache_dir=opts.cache_dir or os.path.join(opts.outdir, 'mel-cache'))
+        cache_dir=opts.cache_dir or os.path.join(opts.outdir, 'mel-cache'), upsampler_init=opts.upsampler_init)
     dist.print0(json.dumps(config, indent=2))
     if opts.dry_run:
         dist.print0('Dry run; exiting.')
