@@ -107,6 +107,21 @@ def test_upsample_matches_zero_stuffing_and_round_trip_is_exact():
     assert down.shape == x.shape
     np.testing.assert_allclose(down[0, 0, 3:-3, 3:-3].numpy(), x[0, 0, 3:-3, 3:-3].numpy(), atol=1e-6) # float32 taps: orthogonal to ~1e-7.
 
+def test_upsample_float32_sums_in_edms_order():
+    # EDM upsamples by interleaving zeros and correlating with the reversed taps;
+    # a transposed convolution is the same map but rounds differently in float32,
+    # which made augmented images (and so the loss) differ from EDM's by ~1e-7.
+    f = AugmentPipe().filter_sym6
+    x = _rand(n=2, c=3, res=16, dtype=torch.float32)
+    taps = torch.tensor(f[::-1], dtype=torch.float32)
+    z = torch.zeros(2, 3, 16, 32)
+    z[:, :, :, 0::2] = x
+    z = torch.nn.functional.conv2d(z[:, :, :, :-1], taps.reshape(1, 1, 1, 12).repeat(3, 1, 1, 1), padding=[0, 6], groups=3)
+    zz = torch.zeros(2, 3, 32, z.shape[3])
+    zz[:, :, 0::2, :] = z
+    expected = torch.nn.functional.conv2d(zz[:, :, :-1, :], taps.reshape(1, 1, 12, 1).repeat(3, 1, 1, 1), padding=[6, 0], groups=3)
+    assert torch.equal(augment._upsample2x(x, f), expected)
+
 def test_warp_integer_translation_is_exact():
     x = _rand(n=2, res=16)
     G_inv = augment._translate2d(torch.full([2], -3.0), torch.full([2], 2.0), 'cpu') # Output (x, y) reads input (x - 3, y + 2).

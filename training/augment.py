@@ -75,11 +75,16 @@ def _reflect_index(idx, size):
 # its even shifts, so down(up(x)) == x away from the borders.
 
 def _upsample2x(x, f):
+    # Interleave zeros, then correlate with the reversed taps (a transposed
+    # convolution written out). EDM sums in this order; conv_transpose2d gives
+    # the same values only up to float32 round-off, which breaks bit-exactness.
     N, C, H, W = x.shape
-    pad = len(f) // 2 - 1
-    w = misc.constant(np.asarray(f, dtype=np.float32), dtype=x.dtype, device=x.device)
-    x = torch.nn.functional.conv_transpose2d(x, w.reshape(1, 1, 1, -1).repeat(C, 1, 1, 1), stride=[1, 2], padding=[0, pad], groups=C)
-    x = torch.nn.functional.conv_transpose2d(x, w.reshape(1, 1, -1, 1).repeat(C, 1, 1, 1), stride=[2, 1], padding=[pad, 0], groups=C)
+    pad = (len(f) + 1) // 2
+    w = misc.constant(np.asarray(f, dtype=np.float32)[::-1].copy(), dtype=x.dtype, device=x.device)
+    x = torch.stack([x, torch.zeros_like(x)], dim=4).reshape(N, C, H, 2 * W)[:, :, :, :-1]
+    x = torch.nn.functional.conv2d(x, w.reshape(1, 1, 1, -1).repeat(C, 1, 1, 1), padding=[0, pad], groups=C)
+    x = torch.stack([x, torch.zeros_like(x)], dim=3).reshape(N, C, 2 * H, x.shape[3])[:, :, :-1, :]
+    x = torch.nn.functional.conv2d(x, w.reshape(1, 1, -1, 1).repeat(C, 1, 1, 1), padding=[pad, 0], groups=C)
     return x
 
 def _downsample2x(x, f):
