@@ -45,7 +45,8 @@ def _scale3d(sx, sy, sz, device):
 
 def _rotate3d(axis, theta, device):
     # Rodrigues: cos(t) I + sin(t) [axis]_x + (1 - cos(t)) axis axis^T, in homogeneous form.
-    x, y, z = [float(v) for v in axis[:3]]
+    # The axis entries stay float32 tensors: EDM rounds the products in float32.
+    x, y, z = axis[0], axis[1], axis[2]
     c, s = torch.cos(theta), torch.sin(theta)
     k = 1 - c
     return _matrix([
@@ -293,7 +294,7 @@ class AugmentPipe:
         if self.hue > 0:
             w = (torch.rand([N], device=device) * 2 - 1) * (np.pi * self.hue_max)
             w = _gate(w, self.hue * self.p, [N])
-            M = _rotate3d(np.asarray([1, 1, 1]) / np.sqrt(3), w, device) @ M
+            M = _rotate3d(luma_axis, w, device) @ M
             labels += [torch.cos(w) - 1, torch.sin(w)]
 
         if self.saturation > 0:
