@@ -247,20 +247,25 @@ def test_hue_matrix_rounds_like_edm():
     # EDM builds the hue rotation from the float32 entries of the luma axis, so
     # every product is rounded in float32; using float64 axis entries moved the
     # hue-augmented pixels by ~1e-7 away from EDM's.
-    theta = torch.linspace(-3, 3, 7)
+    N = 7
+    x = _rand(n=N, res=8)
+    torch.manual_seed(3)
+    y, _ = AugmentPipe(hue=1)(x)
+    torch.manual_seed(3) # Same draws: angle, then the (always passing) gate.
+    theta = (torch.rand([N]) * 2 - 1) * np.pi
+    assert (torch.rand([N]) < 1).all()
     a = torch.tensor(np.asarray([1, 1, 1, 0]) / np.sqrt(3), dtype=torch.float32)
     c, s = theta.cos(), theta.sin()
     k = 1 - c
     v = a[0] # All three entries are equal.
-    expected = torch.zeros(7, 4, 4)
-    expected[:, 3, 3] = 1
+    M = torch.zeros(N, 3, 4)
     diag, off_p, off_m = v * v * k + c, v * v * k + v * s, v * v * k - v * s
     for i in range(3):
-        expected[:, i, i] = diag
-        expected[:, i, (i + 1) % 3] = off_m
-        expected[:, i, (i + 2) % 3] = off_p
-    got = augment._rotate3d(a, theta, 'cpu')
-    assert got.dtype == torch.float32 and torch.equal(got, expected)
+        M[:, i, i] = diag
+        M[:, i, (i + 1) % 3] = off_m
+        M[:, i, (i + 2) % 3] = off_p
+    expected = (M[:, :, :3] @ x.reshape(N, 3, -1) + M[:, :, 3:]).reshape(x.shape)
+    assert torch.equal(y, expected)
 
 #----------------------------------------------------------------------------
 # Determinism, gradients, sizes, pickling.
