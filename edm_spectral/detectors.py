@@ -61,12 +61,8 @@ class StandinDetector(torch.nn.Module):
 # detector placed there is used offline.
 
 def detector_cache_path(url=DETECTOR_URL):
-    import hashlib
-    import re
-    import urllib.parse
     import dnnlib.util
-    safe_name = re.sub(r'[^0-9a-zA-Z_.-]', '_', os.path.basename(urllib.parse.urlparse(url).path)) or 'download'
-    return dnnlib.util.make_cache_dir_path('downloads', hashlib.md5(url.encode('utf-8')).hexdigest() + '_' + safe_name)
+    return dnnlib.util.url_cache_path(url)
 
 def _missing_detector_message(url, reason):
     return (f'Could not load the FID feature detector from {url}\n'
