@@ -308,21 +308,34 @@ def cmdline():
 
 _source_help = 'Image folder, zip, .npy/.npz array (uint8 NCHW or float in [-1,1]), or network .pkl (with --seeds)'
 
+# Options that say how to read (or generate) an image set, shared by compute and compare.
+def _source_options(f):
+    options = [
+        click.option('--num',       help='Use a random subset of this many images per folder/zip  [default: all]', metavar='INT', type=click.IntRange(min=1)),
+        click.option('--seed',      help='Random seed of the subsets', metavar='INT', type=int, default=0, show_default=True),
+        click.option('--seeds',     help='Seeds for network sources, e.g. 0-999', metavar='LIST', type=parse_int_list),
+        click.option('--steps',     help='Sampling steps for network sources  [default: the EDM sampler\'s 18]', metavar='INT', type=click.IntRange(min=1)),
+        click.option('--batch',     help='Generation batch size for network sources', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
+        click.option('--keep-mean', help='Do not remove each image\'s mean before the FFT', is_flag=True),
+        click.option('--device',    help='Device for generating from networks  [default: cuda if available]', metavar='STR', type=str),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+# The keyword arguments of spectrum_of_source() for those options.
+def _source_kwargs(num, seed, seeds, steps, batch, keep_mean, device):
+    return dict(num=num, seed=seed, mean_remove=not keep_mean, seeds=seeds, device=_resolve_device(device), batch=batch, steps=steps)
+
 @cmdline.command()
 @click.option('--images', 'source', help=_source_help, metavar='PATH', type=str, required=True)
 @click.option('--dest',             help='Output JSON with freqs and psd', metavar='JSON', type=str, required=True)
-@click.option('--num',              help='Use a random subset of this many images  [default: all]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--seed',             help='Random seed of the subset', metavar='INT', type=int, default=0, show_default=True)
-@click.option('--seeds',            help='Seeds for a network source, e.g. 0-999', metavar='LIST', type=parse_int_list)
-@click.option('--steps',            help='Sampling steps for a network source  [default: the EDM sampler\'s 18]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--batch',            help='Generation batch size for a network source', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
-@click.option('--keep-mean',        help='Do not remove each image\'s mean before the FFT', is_flag=True)
-@click.option('--device',           help='Device for generating from a network  [default: cuda if available]', metavar='STR', type=str)
-def compute(source, dest, num, seed, seeds, steps, batch, keep_mean, device):
+@_source_options
+def compute(source, dest, **source_opts):
     """Radially averaged power spectrum of one image set, written as JSON."""
-    device = _resolve_device(device)
-    freqs, psd = spectrum_of_source(source, num=num, seed=seed, mean_remove=not keep_mean, seeds=seeds, device=device, batch=batch, steps=steps)
-    _write_json(dest, dict(source=source, freqs=freqs.tolist(), psd=psd.tolist(), mean_removed=not keep_mean))
+    kw = _source_kwargs(**source_opts)
+    freqs, psd = spectrum_of_source(source, **kw)
+    _write_json(dest, dict(source=source, freqs=freqs.tolist(), psd=psd.tolist(), mean_removed=kw['mean_remove']))
     print(f'Wrote {len(psd)} radial bins to {dest}')
 
 #----------------------------------------------------------------------------
@@ -332,17 +345,10 @@ def compute(source, dest, num, seed, seeds, steps, batch, keep_mean, device):
 @click.option('--set', 'sets',  help='Set to compare (repeatable), same kinds as --ref', metavar='PATH', type=str, multiple=True, required=True)
 @click.option('--plot',         help='Output PNG of all spectra', metavar='PNG', type=str)
 @click.option('--json', 'dest', help='Output JSON with spectra and distances', metavar='JSON', type=str)
-@click.option('--num',          help='Use a random subset of this many images per folder/zip  [default: all]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--seed',         help='Random seed of the subsets', metavar='INT', type=int, default=0, show_default=True)
-@click.option('--seeds',        help='Seeds for network sources, e.g. 0-999', metavar='LIST', type=parse_int_list)
-@click.option('--steps',        help='Sampling steps for network sources  [default: the EDM sampler\'s 18]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--batch',        help='Generation batch size for network sources', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
-@click.option('--keep-mean',    help='Do not remove each image\'s mean before the FFT', is_flag=True)
-@click.option('--device',       help='Device for generating from networks  [default: cuda if available]', metavar='STR', type=str)
-def compare(ref, sets, plot, dest, num, seed, seeds, steps, batch, keep_mean, device):
+@_source_options
+def compare(ref, sets, plot, dest, **source_opts):
     """Compare the spectra of several image sets with a reference (plot + distances)."""
-    device = _resolve_device(device)
-    kw = dict(num=num, seed=seed, mean_remove=not keep_mean, seeds=seeds, device=device, batch=batch, steps=steps)
+    kw = _source_kwargs(**source_opts)
     spectra = {'reference': spectrum_of_source(ref, **kw)}
     for s in sets:
         spectra[_unique_name(_name_of(s), spectra)] = spectrum_of_source(s, **kw)
