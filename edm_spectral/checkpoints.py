@@ -202,8 +202,8 @@ def _rebuild_stub(stub):
     state = stub.state
     if '_init_args' not in state or '_init_kwargs' not in state:
         raise ValueError(f'Persistent object {stub.class_name!r} does not record its constructor arguments')
-    init_args = _plain(state['_init_args'])
-    init_kwargs = _plain(state['_init_kwargs'])
+    init_args = _rebuild_stubs(state['_init_args'])
+    init_kwargs = _rebuild_stubs(state['_init_kwargs'])
     obj = cls(*init_args, **init_kwargs)
     if isinstance(obj, torch.nn.Module):
         weights = _flatten_state(stub)
@@ -217,19 +217,19 @@ def _rebuild_stub(stub):
         _restore_scalars(stub, obj)
     return obj
 
-# Constructor arguments may hold placeholders of their own (rare) and
-# EasyDicts; convert containers, rebuild stubs.
-def _plain(obj):
+# Walk a loaded object (a snapshot dict, constructor arguments, ...) and
+# rebuild every persistent placeholder in it from our classes.
+def _rebuild_stubs(obj):
     if isinstance(obj, PersistentStub):
         return _rebuild_stub(obj)
     if isinstance(obj, ContainerStub):
         raise ValueError(f'Cannot rebuild a bare {obj.class_name} outside a persistent module')
     if isinstance(obj, dict):
-        return type(obj)((k, _plain(v)) for k, v in obj.items())
+        return type(obj)((k, _rebuild_stubs(v)) for k, v in obj.items())
     if isinstance(obj, list):
-        return [_plain(x) for x in obj]
+        return [_rebuild_stubs(x) for x in obj]
     if isinstance(obj, tuple):
-        return tuple(_plain(x) for x in obj)
+        return tuple(_rebuild_stubs(x) for x in obj)
     return obj
 
 # A cheap guard against silent divergence: scalar attributes of a stored
@@ -252,17 +252,6 @@ def _restore_scalars(stub, obj):
             continue
         if isinstance(getattr(obj, name, None), (bool, int, float, str, np.generic)):
             setattr(obj, name, value)
-
-def _rebuild_tree(obj):
-    if isinstance(obj, (PersistentStub, ContainerStub)):
-        return _plain(obj)
-    if isinstance(obj, dict):
-        return type(obj)((k, _rebuild_tree(v)) for k, v in obj.items())
-    if isinstance(obj, list):
-        return [_rebuild_tree(x) for x in obj]
-    if isinstance(obj, tuple):
-        return tuple(_rebuild_tree(x) for x in obj)
-    return obj
 
 #----------------------------------------------------------------------------
 # Read a pickle through the restricted unpickler, with clear errors.
@@ -300,7 +289,7 @@ def load_snapshot(path_or_url, trust_code=False, device='cpu'):
             f'got {type(data).__name__}{" with keys " + str(sorted(data.keys())) if isinstance(data, dict) else ""})')
 
     if not trust_code:
-        data = _rebuild_tree(data)
+        data = _rebuild_stubs(data)
     data = dict(data)
     if not isinstance(data['ema'], torch.nn.Module):
         raise ValueError(f'{_describe(path_or_url)}: "ema" is not a network ({type(data["ema"]).__name__})')
@@ -345,7 +334,7 @@ def load_training_state(path, trust_code=False):
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as e:
         raise ValueError(f'{os.path.abspath(path)} is not a readable training state (corrupt or truncated?): {type(e).__name__}: {e}') from None
     if not trust_code:
-        data = _rebuild_tree(data)
+        data = _rebuild_stubs(data)
     if not isinstance(data, dict) or 'net' not in data:
         raise ValueError(f'{os.path.abspath(path)} is not a training state (expected a dict with key "net")')
     return data
