@@ -45,6 +45,20 @@ def _to_float_images(images):
     return images.to(torch.float64)
 
 #----------------------------------------------------------------------------
+# Power |FFT|^2 (orthonormal) of every image channel, [N, C, H, W] float64, zero
+# frequency at the centre. With mean_remove each channel's mean is subtracted
+# first, so the DC bin is exactly zero (set, not left at round-off).
+
+def power_spectrum_2d(images, mean_remove=True):
+    x = _to_float_images(images)
+    if mean_remove:
+        x = x - x.mean(dim=(2, 3), keepdim=True)
+    power = torch.fft.fftshift(torch.fft.fft2(x, norm='ortho').abs().square(), dim=(2, 3))
+    if mean_remove:
+        power[:, :, x.shape[2] // 2, x.shape[3] // 2] = 0
+    return power
+
+#----------------------------------------------------------------------------
 # Radial bin index of every (shifted) frequency, and the number of kept bins.
 
 def radial_bins(height, width, device='cpu'):
@@ -76,13 +90,8 @@ class RadialSpectrumAccumulator:
             self.sums = torch.zeros(self.num_bins, dtype=torch.float64)
         elif tuple(x.shape[2:]) != self.shape:
             raise ValueError(f'All images must have the same resolution: got {list(x.shape[2:])} after {list(self.shape)}')
-        x = x.cpu()
-        if self.mean_remove:
-            x = x - x.mean(dim=(2, 3), keepdim=True)
-        power = torch.fft.fftshift(torch.fft.fft2(x, norm='ortho').abs().square(), dim=(2, 3))
+        power = power_spectrum_2d(x.cpu(), self.mean_remove)
         power = power.sum(dim=(0, 1))   # sum over images and channels first: binning is linear
-        if self.mean_remove:
-            power[self.shape[0] // 2, self.shape[1] // 2] = 0   # exactly zero, not round-off
         self.sums += torch.bincount(self.bin_index, weights=power[self.keep], minlength=self.num_bins) / self.bin_count
         self.count += x.shape[0] * x.shape[1]
 

@@ -58,11 +58,9 @@ def make_checkerboards(num_images, resolution, checker_sizes, seed=0):
 # frequencies" directly; radial averaging would mix those frequencies with empty ones.
 
 def leaked_power_fraction(images, gt_images, rel_threshold=1e-6):
-    def mean_power(u8):
-        x = torch.as_tensor(u8).to(torch.float64) / 127.5 - 1
-        x = x - x.mean(dim=(-2, -1), keepdim=True)
-        return torch.fft.fft2(x, norm='ortho').abs().square().mean(dim=(0, 1))
-    power, power_gt = mean_power(images), mean_power(gt_images)
+    from edm_spectral.spectrum import power_spectrum_2d
+    power = power_spectrum_2d(images).mean(dim=(0, 1))
+    power_gt = power_spectrum_2d(gt_images).mean(dim=(0, 1))
     empty = power_gt <= rel_threshold * power_gt.max()
     return float(power[empty].sum() / power.sum().clamp(min=1e-30))
 
