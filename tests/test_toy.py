@@ -71,3 +71,20 @@ def test_leaked_power_fraction_known_answers():
     power = np.abs(np.fft.fft2(gt[:, 0].astype(np.float64) / 127.5 - 1)) ** 2
     support = (power.mean(axis=0) > 1e-6 * power.mean(axis=0).max()).sum()
     assert toy.leaked_power_fraction(noise, gt) == pytest.approx(1 - support / 255, abs=0.03)
+
+#----------------------------------------------------------------------------
+
+def test_cli_defaults_and_errors():
+    from click.testing import CliRunner
+    from edm_spectral.cli import spectral_options
+    runner = CliRunner()
+    # The shared --spectral* options take the demo's own defaults.
+    help_text = runner.invoke(toy.main, ['--help']).output
+    assert '[default: fourier-amp-phase]' in help_text and '--num-seeds' in help_text
+    # The experiment needs a regularizer; contradictory sizes are refused.
+    result = runner.invoke(toy.main, ['--spectral=none', '--smoke'])
+    assert result.exit_code != 0 and 'pick a regularizer' in result.output
+    result = runner.invoke(toy.main, ['--full', '--smoke'])
+    assert result.exit_code != 0 and 'mutually exclusive' in result.output
+    with pytest.raises(TypeError, match='unknown defaults'):
+        spectral_options(spectral_wieght='1')
