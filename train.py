@@ -4,6 +4,7 @@
 import os
 import re
 import json
+import pickle
 import click
 import torch
 import dnnlib
@@ -167,9 +168,25 @@ def resume_options(path):
     c.resume_state_dump = path
     return c
 
-def check_transfer(path):
+# Read the --transfer snapshot once up front (rank 0 first: it downloads), so that a missing,
+# corrupt or refused pickle, or one made for another resolution, fails here and not after
+# the training loop has built everything.
+def check_transfer(path, trust_code, resolution):
+    from edm_spectral.checkpoints import load_snapshot
     if not dnnlib.util.is_url(path) and not os.path.isfile(path):
         raise click.ClickException(f'--transfer: file not found: "{path}"')
+    if dist.get_rank() != 0:
+        dist.barrier()
+    try:
+        net = load_snapshot(path, trust_code=trust_code)['ema']
+    except (OSError, ValueError, pickle.UnpicklingError) as e: # the last: refused by the safe loader
+        raise click.ClickException(f'--transfer: {e}')
+    finally:
+        if dist.get_rank() == 0:
+            dist.barrier()
+    net_res = getattr(net, 'img_resolution', resolution)
+    if net_res != resolution:
+        raise click.ClickException(f'--transfer: the snapshot is for {net_res}x{net_res} images, the dataset is {resolution}x{resolution}')
 
 #----------------------------------------------------------------------------
 
@@ -302,7 +319,7 @@ def main(**kwargs):
     if opts.transfer is not None:
         if opts.resume is not None:
             raise click.ClickException('--transfer and --resume cannot be specified at the same time')
-        check_transfer(opts.transfer)
+        check_transfer(opts.transfer, opts.trust_code, c.dataset_kwargs.resolution)
         c.resume_pkl = opts.transfer
         c.ema_rampup_ratio = None
     elif opts.resume is not None:

@@ -274,6 +274,12 @@ def test_train_cli_end_to_end(tmp_path, labeled_data):
 #----------------------------------------------------------------------------
 # Bad options give clear messages, not tracebacks.
 
+class _Evil: # a pickle payload that would run a shell command
+    def __init__(self, marker):
+        self.marker = marker
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
 def test_train_cli_errors(tmp_path, data):
     outdir = str(tmp_path / 'runs')
     base = [f'--outdir={outdir}', '--device=cpu', '--dry-run']
@@ -294,6 +300,20 @@ def test_train_cli_errors(tmp_path, data):
         res = CliRunner().invoke(train.main, base + args)
         assert res.exit_code != 0 and message in res.output, (args, res.output)
         assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), (args, res.exception)
+    # --transfer snapshots that cannot be used fail at option parsing, before any training set-up.
+    (tmp_path / 'corrupt.pkl').write_bytes(b'\x80\x04not a pickle')
+    marker = tmp_path / 'pwned'
+    with open(tmp_path / 'evil.pkl', 'wb') as f:
+        pickle.dump(dict(ema=_Evil(marker)), f)
+    from training.networks import EDMPrecond
+    from edm_spectral.checkpoints import save_snapshot
+    save_snapshot(str(tmp_path / 'res16.pkl'), EDMPrecond(img_resolution=16, img_channels=3, **TINY_ARCHS['ddpmpp']))
+    for name, message in [('corrupt.pkl', 'not a readable network snapshot'), ('evil.pkl', '--trust-code'), ('res16.pkl', 'for 16x16 images, the dataset is 8x8')]:
+        res = CliRunner().invoke(train.main, base + [f'--data={data}', f'--transfer={tmp_path / name}'])
+        assert res.exit_code != 0 and '--transfer' in res.output and message in res.output, (name, res.output)
+        assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), (name, res.exception)
+    assert not marker.exists()
+
     state = tmp_path / 'training-state-000010.pt'
     state.write_bytes(b'x')
     res = CliRunner().invoke(train.main, base + [f'--data={data}', f'--resume={state}', f'--transfer={state}'])
