@@ -114,6 +114,11 @@ def test_corpus_split_cache_and_crops(tmp_path):
     assert clip_id == 'LJ003-0001' and mel.shape == (80, len(audio) // 256 + 1)
     assert len(os.listdir(corpus.cache_dir)) == 1
     assert np.array_equal(corpus.mel(0), mel) # Served from the cache.
+    # A rewritten WAV (same id, new content) gets a new mel, not the cached one.
+    data_lib.write_wav(corpus.clips[0][1], np.zeros(len(audio)), 22050)
+    os.utime(corpus.clips[0][1], ns=(0, os.stat(corpus.clips[0][1]).st_mtime_ns + 10**9))
+    fresh = data_lib.AudioCorpus(root, params, split='train', cache_dir=str(tmp_path / 'cache'))
+    assert fresh.mel(0).max() == 0 and len(os.listdir(corpus.cache_dir)) == 2
 
     stream = iter(data_lib.CropStream(corpus, crop_frames=16, seed=1))
     a, m = next(stream)

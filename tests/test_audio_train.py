@@ -39,6 +39,32 @@ def test_x0_estimate_exact_with_oracle():
         est = diffusion.estimate_x0(Oracle(x0, abar), x_t, t, None, abar, rollout_steps=k)
         assert torch.allclose(est, x0, atol=1e-10)
 
+# mel_reliance: a model that reads the clean audio off its mel (here each mel frame holds the
+# frame's constant sample value) predicts the noise exactly from its own mel only; a model that
+# ignores the mel scores the same with every mel.
+
+class MelOracle(torch.nn.Module):
+    def __init__(self, abar, hop):
+        super().__init__()
+        self.abar, self.hop = abar, hop
+    def forward(self, x, t, mel):
+        ab = self.abar[t][:, None]
+        x0 = mel[:, 0].repeat_interleave(self.hop, dim=-1)
+        return ((x - ab.sqrt() * x0) / (1 - ab).sqrt())[:, None]
+
+def test_mel_reliance():
+    betas = np.linspace(1e-4, 0.05, 50)
+    abar = torch.as_tensor(diffusion.alpha_bars(betas), dtype=torch.float32)
+    mel = torch.rand(4, 3, 5) - 0.5
+    audio = mel[:, 0].repeat_interleave(8, dim=-1)
+    l1 = diffusion.mel_reliance(MelOracle(abar, 8), audio, mel, betas, steps=(0, 10, 49))
+    assert l1['own'] < 1e-4 and l1['other'] > 0.05 and l1['zero'] > 0.05
+    params = model_lib.make_params(dict(TINY, unconditional=True))
+    l1 = diffusion.mel_reliance(model_lib.DiffWave(params), audio, mel, betas)
+    assert l1['own'] == l1['other'] == l1['zero'] > 0
+    with pytest.raises(ValueError, match='at least two'):
+        diffusion.mel_reliance(MelOracle(abar, 8), audio[:1], mel[:1], betas)
+
 def test_inference_steps():
     betas = np.linspace(1e-4, 0.05, 50)
     assert np.allclose(diffusion.inference_steps(betas, betas), np.arange(50), atol=1e-4)

@@ -142,8 +142,9 @@ def list_clips(root, split='train'):
     return clips
 
 #----------------------------------------------------------------------------
-# A corpus split with mels cached on disk (one .npy per clip under cache_dir/<hash of the mel
-# settings>/), or in memory when cache_dir is None. Items are (id, audio [T], mel [n_mels, F]).
+# A corpus split with mels cached on disk (one .npy per clip and WAV version under
+# cache_dir/mel-<hash of the mel settings>/), or in memory when cache_dir is None. Items are
+# (id, audio [T], mel [n_mels, F]).
 
 class AudioCorpus:
     def __init__(self, root, params, split='train', cache_dir=None, max_clips=None):
@@ -171,7 +172,11 @@ class AudioCorpus:
         clip_id = self.clips[idx][0]
         if clip_id in self._mem:
             return self._mem[clip_id]
-        path = os.path.join(self.cache_dir, clip_id + '.npy') if self.cache_dir else None
+        path = None
+        if self.cache_dir:
+            # The WAV's size and mtime are part of the name: a rewritten corpus never gets stale mels.
+            st = os.stat(self.clips[idx][1])
+            path = os.path.join(self.cache_dir, f'{clip_id}-{st.st_size}-{st.st_mtime_ns}.npy')
         if path and os.path.isfile(path):
             mel = np.load(path)
         else:

@@ -99,3 +99,25 @@ def sample(model, mel, params, fast=True, generator=None):
     return x
 
 #----------------------------------------------------------------------------
+# How much a model uses its conditioning: the noise-prediction L1 (the training loss) on given
+# crops, audio [N, T] with mel [N, n_mels, F], at fixed diffusion steps, once with each crop's own
+# mel, once with another crop's (the batch rolled by one) and once with an all-zero mel. A model
+# that ignores the mel scores the same three times; one that uses it scores lowest on 'own'.
+
+@torch.no_grad()
+def mel_reliance(model, audio, mel, betas, steps=(5, 10, 20), seed=0):
+    if audio.shape[0] < 2:
+        raise ValueError('mel_reliance needs at least two crops (one lends its mel to the other)')
+    abar = torch.as_tensor(alpha_bars(betas), dtype=torch.float32, device=audio.device)
+    g = torch.Generator(device=audio.device).manual_seed(seed)
+    mels = dict(own=mel, other=mel.roll(1, dims=0), zero=torch.zeros_like(mel))
+    l1 = {name: 0.0 for name in mels}
+    for t in steps:
+        tt = torch.full([audio.shape[0]], int(t), device=audio.device)
+        noise = torch.randn(audio.shape, device=audio.device, generator=g)
+        x_t = abar[t].sqrt() * audio + (1 - abar[t]).sqrt() * noise
+        for name, m in mels.items():
+            l1[name] += (model(x_t, tt, m).squeeze(1).float() - noise).abs().mean().item() / len(steps)
+    return l1
+
+#----------------------------------------------------------------------------
