@@ -29,12 +29,22 @@ def test_demo_smoke(tmp_path):
     assert len(clips) == demo.PRESETS['smoke']['clips']
     audio, rate = data_lib.read_wav(clips[0][1], expected_rate=22050)
     assert len(audio) > rate // 2 # espeak-ng produced speech of a sensible length.
+    cfg = demo.PRESETS['smoke']
     assert set(summary['variants']) == set(demo.VARIANTS)
+    assert set(summary['base']['mel_reliance']) == {'own', 'other', 'zero'}
     for name, variant in summary['variants'].items():
+        # Per variant: one value per fine-tuning run, each the mean over the sampling seeds.
         m = variant['metrics']
-        assert m['mrstft']['mean'] > 0 and len(m['mrstft']['values']) == len(demo.PRESETS['smoke']['seeds'])
-        assert variant['weights_moved'] > 0
-        assert (variant['final_spectral'] is None) == (name == 'baseline')
+        assert m['mrstft']['mean'] > 0 and len(m['mrstft']['values']) == len(cfg['ft_seeds'])
+        assert [r['train_seed'] for r in variant['runs']] == cfg['ft_seeds']
+        for run in variant['runs']:
+            assert len(run['metrics']['mrstft']['values']) == len(cfg['seeds'])
+            assert run['weights_moved'] > 0
+            assert (run['final_spectral'] is None) == (name == 'baseline')
+            gain = run['mel_reliance']['other'] - run['mel_reliance']['own']
+            assert gain in m['mel_gain']['values']
+        # Different training seeds give different fine-tuned models.
+        assert len(set(m['mrstft']['values'])) == len(cfg['ft_seeds'])
     assert json.load(open(os.path.join(out, 'summary.json')))['preset'] == 'smoke'
     assert '| baseline |' in open(os.path.join(out, 'summary.md')).read()
     assert os.path.isfile(os.path.join(out, 'spectrograms.png'))
