@@ -45,8 +45,14 @@ def test_demo_smoke(tmp_path):
             assert gain in m['mel_gain']['values']
         # Different training seeds give different fine-tuned models.
         assert len(set(m['mrstft']['values'])) == len(cfg['ft_seeds'])
+    base = summary['variants']['baseline']['metrics']
+    for name in set(demo.VARIANTS) - {'baseline'}:
+        delta = summary['paired_differences'][f'{name} - baseline']
+        other = summary['variants'][name]['metrics']
+        assert delta['mrstft']['values'] == [a - b for a, b in zip(other['mrstft']['values'], base['mrstft']['values'])]
     assert json.load(open(os.path.join(out, 'summary.json')))['preset'] == 'smoke'
-    assert '| baseline |' in open(os.path.join(out, 'summary.md')).read()
+    md = open(os.path.join(out, 'summary.md')).read()
+    assert '| baseline |' in md and '| wavelet-haar - baseline |' in md
     assert os.path.isfile(os.path.join(out, 'spectrograms.png'))
 
 #----------------------------------------------------------------------------

@@ -55,13 +55,27 @@ def test_folder_metrics_cli(tmp_path):
     runner = CliRunner()
     out = str(tmp_path / 'm.json')
     res = runner.invoke(metrics.main, ['--gen', str(tmp_path / 'same'), '--gen', str(tmp_path / 'shifted'), '--ref', str(tmp_path / 'ref'),
-        '--metrics=mrstft,ndb,fad', '--ndb-k=8', '--out', out, '--device=cpu'])
+        '--metrics=mrstft,ndb,fad,psd', '--ndb-k=8', '--out', out, '--device=cpu'])
     assert res.exit_code == 0, res.output
     import json
     results = json.load(open(out))['results']
     same, shifted = results[str(tmp_path / 'same')], results[str(tmp_path / 'shifted')]
     assert same['mrstft']['values'] == [0.0, 0.0] and same['ndb_k']['mean'] == 0 and same['fad_logmel']['mean'] < 1e-6
     assert shifted['mrstft']['mean'] > 0.5 and shifted['ndb_k']['mean'] > 0 and shifted['fad_logmel']['mean'] > 0.1
+    assert same['psd_dist']['values'] == [0.0, 0.0] and same['psd_dist_high']['mean'] == 0
+    assert shifted['psd_dist']['mean'] > 0.1
+
+def test_psd_distance_known_answers():
+    rnd = np.random.RandomState(0)
+    ref = [(rnd.randn(4000) * 0.1, RATE) for _ in range(3)]
+    d = metrics.psd_distance([(2 * a, r) for a, r in ref], ref)
+    assert abs(d['psd_dist'] - np.log10(4)) < 1e-9 and abs(d['psd_dist_high'] - np.log10(4)) < 1e-9
+    # Low-passed noise: the gap is in the upper half of the band.
+    lowpassed = [(np.convolve(a, np.ones(8) / 8, mode='same'), r) for a, r in ref]
+    d = metrics.psd_distance(lowpassed, ref)
+    assert d['psd_dist_high'] > d['psd_dist'] > 0
+    with pytest.raises(ValueError, match='one sample rate'):
+        metrics.psd_distance([(ref[0][0], 16000)], ref)
 
 #----------------------------------------------------------------------------
 # Optional models and packages: a clear message, not a traceback.

@@ -162,3 +162,44 @@ def test_train_upsampler_init_option(tmp_path):
     assert res.exit_code != 0 and 'upsampler-init' in res.output
 
 #----------------------------------------------------------------------------
+# torchrun with two Gloo processes: training writes one run with both ranks' losses, and
+# vocoding spreads the clips over the ranks with exactly the WAVs of a single process.
+
+def test_train_and_vocode_under_torchrun(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    root = str(tmp_path / 'lj')
+    make_corpus(root, ['LJ001-0001', 'LJ001-0002', 'LJ002-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=repo)
+    for key in ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']:
+        env.pop(key, None)
+    def torchrun(module, args):
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}', '-m', module] + args
+        res = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+    torchrun('edm_spectral.audio.train', ['--data', root, '--outdir', str(tmp_path / 'runs'), '--residual-layers=2',
+        '--residual-channels=8', '--dilation-cycle=2', '--batch=4', '--crop-frames=8', '--workers=0', '--tick=1', '--steps=2',
+        '--device=cpu', '--spectral=wavelet', '--spectral-weight=1e-4'])
+    run, = [os.path.join(tmp_path, 'runs', d) for d in os.listdir(tmp_path / 'runs') if d[0].isdigit()]
+    assert 'gpus2-batch4' in run
+    stats = [json.loads(line) for line in open(os.path.join(run, 'stats.jsonl'))]
+    assert stats[-1]['step'] == 2 and stats[-1]['Loss/spectral']['num'] == 4 # both ranks' crops are collected
+    ckpt = os.path.join(run, 'weights.pt')
+
+    torchrun('edm_spectral.audio.vocode', ['--ckpt', ckpt, '--data', root, '--outdir', str(tmp_path / 'voc2'), '--seeds=0-1', '--device=cpu'])
+    from edm_spectral.audio import vocode
+    ids = vocode.vocode_corpus(ckpt, root, str(tmp_path / 'voc1'), seeds=[0, 1], device=torch.device('cpu'), verbose=False)
+    assert ids == ['LJ001-0001', 'LJ001-0002', 'LJ002-0001']
+    for seed in ['seed000', 'seed001']:
+        for clip in ids:
+            one = data_lib.read_wav(os.path.join(tmp_path, 'voc1', seed, clip + '.wav'))[0]
+            two = data_lib.read_wav(os.path.join(tmp_path, 'voc2', seed, clip + '.wav'))[0]
+            assert np.array_equal(one, two), (seed, clip)
+
+#----------------------------------------------------------------------------

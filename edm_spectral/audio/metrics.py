@@ -12,6 +12,10 @@
   run by our own VGGish in edm_spectral/audio/vggish.py) or to a TorchScript module mapping a
   16 kHz waveform [T] to embeddings [frames, D]. The stand-in `logmel` embedding (80-d LMNT log-mel frames) needs
   no download; its values are NOT comparable to published FADs.
+- PSD (unpaired, ours, not in Table 2): the quantity a spectral term acts on. Mean |log10|
+  difference between the generated and the reference set's average Welch power spectra
+  (edm_spectral.spectrum, n_fft 1024), over all bins (`psd_dist`) and the upper half of the
+  band (`psd_dist_high`). Scaling every clip by g gives exactly |log10 g^2|.
 - UTMOS (generated only): --utmos=PATH to a TorchScript module mapping a 16 kHz waveform [1, T]
   to a MOS estimate.
 
@@ -207,9 +211,21 @@ def seed_folders(gen):
     return subs if subs else [gen]
 
 #----------------------------------------------------------------------------
+# Log-PSD distance between two sets of (audio, rate): each set's mean per-clip Welch PSD.
+
+def psd_distance(gen, ref, n_fft=1024):
+    from edm_spectral.spectrum import power_spectral_density_1d, spectral_distance
+    rates = {rate for _, rate in gen + ref}
+    if len(rates) != 1:
+        raise ValueError(f'PSD distance needs one sample rate, got {sorted(rates)}')
+    mean_psd = lambda clips: np.mean([power_spectral_density_1d(np.asarray(a, dtype=np.float64), n_fft=n_fft)[1] for a, _ in clips], axis=0)
+    d = spectral_distance(mean_psd(gen), mean_psd(ref))
+    return dict(psd_dist=d['overall'], psd_dist_high=d['high'])
+
+#----------------------------------------------------------------------------
 # All requested metrics for one generated folder against the references.
 
-ALL_METRICS = ['mrstft', 'pesq', 'ndb', 'fad', 'utmos']
+ALL_METRICS = ['mrstft', 'pesq', 'ndb', 'fad', 'psd', 'utmos']
 
 def evaluate_folder(gen, ref, metrics, ndb_k=50, fad_model=None, utmos_model=None, seed=0, device='cpu'):
     if set(gen) - set(ref):
@@ -233,6 +249,8 @@ def evaluate_folder(gen, ref, metrics, ndb_k=50, fad_model=None, utmos_model=Non
         else:
             emb = lambda d, ns: np.concatenate([model_embeddings(fad_model, *d[n], device=device) for n in ns])
             out['fad'] = fad(emb(ref, sorted(ref)), emb(gen, names))
+    if 'psd' in metrics:
+        out.update(psd_distance([gen[n] for n in names], [ref[n] for n in sorted(ref)]))
     if 'utmos' in metrics:
         out['utmos'] = float(np.mean([utmos_score(utmos_model, *gen[n], device=device) for n in names]))
     return out
@@ -263,11 +281,11 @@ def evaluate(gen_dir, ref_dir, metrics=('mrstft', 'ndb', 'fad'), ndb_k=50, vggis
     return aggregate(per_seed)
 
 #----------------------------------------------------------------------------
-# Which metrics can run here: mrstft/ndb/fad always (FAD falls back to the stand-in), pesq when
-# the package is installed, utmos when a model is given.
+# Which metrics can run here: mrstft/ndb/fad/psd always (FAD falls back to the stand-in), pesq
+# when the package is installed, utmos when a model is given.
 
 def available_metrics(utmos=None):
-    out = ['mrstft', 'ndb', 'fad']
+    out = ['mrstft', 'ndb', 'fad', 'psd']
     try:
         import pesq  # noqa: F401
         out.insert(1, 'pesq')
@@ -292,7 +310,7 @@ def format_table(results):
 @click.command(help=__doc__)
 @click.option('--gen',      help='Generated folder (WAVs or seed*/ sub-folders); repeatable', metavar='DIR', type=str, multiple=True, required=True)
 @click.option('--ref',      help='Reference WAVs [default: <first --gen>/reference]', metavar='DIR', type=str)
-@click.option('--metrics',  help='Comma-separated subset of mrstft,pesq,ndb,fad,utmos, or auto (those available here)', metavar='LIST', type=str, default='auto', show_default=True)
+@click.option('--metrics',  help='Comma-separated subset of mrstft,pesq,ndb,fad,psd,utmos, or auto (those available here)', metavar='LIST', type=str, default='auto', show_default=True)
 @click.option('--ndb-k',    help='NDB: number of K-means bins', metavar='INT', type=click.IntRange(min=2), default=50, show_default=True)
 @click.option('--vggish',   help='FAD embedding: VGGish weights (torchvggish .pth) or TorchScript module, path or URL [default: logmel stand-in]', metavar='PATH|URL', type=str)
 @click.option('--utmos',    help='UTMOS: TorchScript model (path or URL)', metavar='PATH|URL', type=str)
