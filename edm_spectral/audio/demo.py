@@ -1,11 +1,13 @@
 """The audio demo (`make demo-audio`): on the embedded espeak-ng corpus, train a small DiffWave
-briefly, fine-tune it without and with spectral terms, vocode the held-out clips with several
-seeds and tabulate MR-STFT, NDB/K and the stand-in FAD (plus PESQ when installed).
+briefly, fine-tune it without and with spectral terms (several training seeds each), vocode the
+held-out clips with several sampling seeds and tabulate MR-STFT, NDB/K, the stand-in FAD, the
+log-PSD distance (plus PESQ when installed) and how much each model relies on its mel.
 
-Writes <outdir>/corpus/, runs/, vocoded/<variant>/, spectrograms.png, summary.json, summary.md.
-The demo preset fits in about 15 minutes on 2 CPU cores; its model is tiny and its training
-short, so differences between variants are small and mostly within seed noise: it exercises
-the full pipeline, it does not reproduce Table 2 (see docs/audio.md for that)."""
+Writes <outdir>/corpus/, runs/, vocoded/<variant>/train-seed<S>/, spectrograms.png,
+summary.json and summary.md. The demo preset takes about 10 minutes on 2 CPU cores. Its model
+is tiny and its training short: it exercises the full pipeline and compares the variants
+against the baseline run with the same training seed, but it does not reproduce Table 2 (see
+docs/audio.md for that)."""
 
 import json
 import os
