@@ -106,7 +106,6 @@ class DiffusionEmbedding(torch.nn.Module):
 # Mel upsampler: transposed 2-D convolutions over (mel, time), each stretching time by its
 # factor f (kernel [3, 2f], stride [1, f], padding [1, f/2]), with leaky ReLU(0.4). LMNT's
 # 22 kHz model is factors [16, 16] = hop 256, named conv1, conv2.
-
 #
 # init='lmnt' keeps PyTorch's default initialisation (LMNT's): each stage then scales the mel
 # by ~0.1, so the network sees its variation ~100-fold attenuated and learns to use it slowly.
