@@ -68,6 +68,9 @@ def test_lmnt_checkpoint_round_trip(tmp_path):
     assert set(params) <= set(saved['params']) # LMNT's params keys are all there.
     strict = model_lib.DiffWave(saved['params'])
     strict.load_state_dict(saved['model'], strict=True)
+    # LMNT's learner restores the optimizer unconditionally: a model saved without one still
+    # carries a valid (fresh) Adam state.
+    torch.optim.Adam(strict.parameters()).load_state_dict(saved['optimizer'])
 
     # A fork that stored the (non-persistent in LMNT) embedding table still loads.
     state_with_table = dict(state, **{'diffusion_embedding.embedding': net.diffusion_embedding.embedding.clone()})
@@ -106,6 +109,10 @@ def test_diffusion_embedding_table_and_lerp():
     frac = emb.embedding[3] * 0.75 + emb.embedding[4] * 0.25
     x = torch.nn.functional.silu(emb.projection2(torch.nn.functional.silu(emb.projection1(frac[None]))))
     assert torch.allclose(emb(torch.tensor([3.25])), x, atol=1e-6)
+    # Bitwise: SiLU as x * sigmoid(x), LMNT's arithmetic (F.silu rounds differently).
+    h = emb.projection1(emb.embedding[[5]])
+    h = emb.projection2(h * torch.sigmoid(h))
+    assert torch.equal(emb(torch.tensor([5])), h * torch.sigmoid(h))
 
 #----------------------------------------------------------------------------
 # Forward pass of a tiny model: output shape, upsampler length, conditioning actually used,
@@ -127,6 +134,8 @@ def test_forward_shapes_and_gradients():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
     with pytest.raises(ValueError, match='does not match'):
         net(audio, torch.tensor([0, 1]), torch.rand(2, 16, 4))
+    # One step for the whole batch (the samplers' form) equals that step given per item.
+    assert torch.allclose(net(audio, torch.tensor([7.5]), mel), net(audio, torch.tensor([7.5, 7.5]), mel), atol=1e-6)
 
 #----------------------------------------------------------------------------
 

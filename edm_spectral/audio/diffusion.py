@@ -89,9 +89,9 @@ def sample(model, mel, params, fast=True, generator=None):
     device = mel.device
     x = torch.randn([mel.shape[0], mel.shape[-1] * params['hop_samples']], device=device, generator=generator)
     for n in range(len(betas) - 1, -1, -1):
-        t = torch.full([mel.shape[0]], float(steps[n]), device=device)
+        t = torch.tensor([float(steps[n])], device=device) # one step for the whole batch, as LMNT
         eps = model(x, t, mel).squeeze(1).float()
-        x = (x - betas[n] / (1.0 - abar[n]) ** 0.5 * eps) / alphas[n] ** 0.5
+        x = (1.0 / alphas[n] ** 0.5) * (x - betas[n] / (1.0 - abar[n]) ** 0.5 * eps)
         if n > 0:
             sigma = ((1.0 - abar[n - 1]) / (1.0 - abar[n]) * betas[n]) ** 0.5
             x = x + sigma * torch.randn(x.shape, device=device, generator=generator)

@@ -98,9 +98,10 @@ class DiffusionEmbedding(torch.nn.Module):
             lo = t.floor().long()
             hi = t.ceil().long()
             x = self.embedding[lo] + (self.embedding[hi] - self.embedding[lo]) * (t - lo)[:, None]
-        x = F.silu(self.projection1(x))
-        x = F.silu(self.projection2(x))
-        return x
+        x = self.projection1(x)
+        x = x * torch.sigmoid(x) # SiLU written out as LMNT does: F.silu rounds differently (~5e-7).
+        x = self.projection2(x)
+        return x * torch.sigmoid(x)
 
 #----------------------------------------------------------------------------
 # Mel upsampler: transposed 2-D convolutions over (mel, time), each stretching time by its
@@ -184,8 +185,7 @@ class DiffWave(torch.nn.Module):
             audio = audio.squeeze(1)
         if diffusion_step.ndim == 0:
             diffusion_step = diffusion_step.reshape(1)
-        if diffusion_step.shape[0] == 1 and audio.shape[0] > 1:
-            diffusion_step = diffusion_step.expand(audio.shape[0])
+        # A single step [1] is embedded once and broadcast over the batch in the residual layers.
         x = F.relu(self.input_projection(audio[:, None, :]))
         emb = self.diffusion_embedding(diffusion_step)
         cond = None
@@ -213,8 +213,9 @@ CHECKPOINT_FORMAT = 'edm-spectral-diffwave-1'
 def save_checkpoint(path, model, params, step=0, optimizer=None, scaler=None, **extras):
     model = model.module if hasattr(model, 'module') else model
     to_cpu = lambda d: {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in d.items()}
-    data = dict(step=int(step), model=to_cpu(model.state_dict()),
-        optimizer=optimizer.state_dict() if optimizer is not None else {},
+    if optimizer is None: # LMNT's loader always restores an optimizer: give it a fresh Adam's state.
+        optimizer = torch.optim.Adam(model.parameters(), lr=params.get('learning_rate', LJSPEECH_PARAMS['learning_rate']))
+    data = dict(step=int(step), model=to_cpu(model.state_dict()), optimizer=optimizer.state_dict(),
         params=dict(params), scaler=scaler.state_dict() if scaler is not None else {},
         format=CHECKPOINT_FORMAT, **extras)
     tmp = path + '.tmp'
