@@ -414,8 +414,7 @@ def main(network_pkl, outdir, seeds, subdirs, class_idx, max_batch_size, device,
         save_image_grid(images, grid)
         dist.print0(f'Saved grid of {len(seeds)} images to "{grid}"')
     dist.print0('Done.')
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    dist.shutdown()
 
 #----------------------------------------------------------------------------
 

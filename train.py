@@ -147,8 +147,7 @@ def launch_training(c, desc, outdir, nosubdir, dry_run, device, summary):
     finally:
         if logger is not None:
             logger.close()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    dist.shutdown()
     return result
 
 #----------------------------------------------------------------------------

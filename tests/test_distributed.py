@@ -102,45 +102,48 @@ _WORKER = textwrap.dedent('''
     import json, sys, torch
     sys.path.insert(0, {repo!r})
     from torch_utils import distributed as dist, training_stats, misc
-    device = dist.init('cpu')
-    rank = dist.get_rank()
-    result = dict(rank=rank, world=dist.get_world_size(), device=str(device))
-    c = training_stats.Collector(regex='Loss/.*')
-    training_stats.report('Loss/x', torch.full([rank + 1], float(rank + 1))) # rank 0: [1], rank 1: [2, 2]
-    training_stats.report0('Loss/only0', 5.0 + rank)
-    c.update()
-    result.update(num=c.num('Loss/x'), mean=c.mean('Loss/x'), std=c.std('Loss/x'),
-        num0=c.num('Loss/only0'), mean0=c.mean('Loss/only0'))
-
-    torch.manual_seed(0)
-    net = torch.nn.Linear(3, 2)
-    misc.check_ddp_consistency(net)
-    ddp = torch.nn.parallel.DistributedDataParallel(net)
-    with misc.ddp_sync(ddp, sync=False):
-        ddp(torch.ones(1, 3) * (rank + 1)).sum().backward() # no all-reduce: grads differ
-    result['grad_local'] = net.weight.grad[0, 0].item()
-    net.weight.grad = None
-    with misc.ddp_sync(ddp, sync=True):
-        ddp(torch.ones(1, 3) * (rank + 1)).sum().backward() # averaged over ranks
-    result['grad_synced'] = net.weight.grad[0, 0].item()
-    with torch.no_grad():
-        net.bias.add_(rank)
-    try:
-        misc.check_ddp_consistency(net)
-        result['mismatch_detected'] = False
-    except AssertionError:
-        result['mismatch_detected'] = True
-
-    # Ranks that report different names get a clear error instead of a hang.
-    training_stats.report('Loss/extra_rank%d' % rank, 1.0)
-    try:
+    def main(): # locals, not module globals: freed before exit, while the process group is alive
+        device = dist.init('cpu')
+        rank = dist.get_rank()
+        result = dict(rank=rank, world=dist.get_world_size(), device=str(device))
+        c = training_stats.Collector(regex='Loss/.*')
+        training_stats.report('Loss/x', torch.full([rank + 1], float(rank + 1))) # rank 0: [1], rank 1: [2, 2]
+        training_stats.report0('Loss/only0', 5.0 + rank)
         c.update()
-        result['name_check'] = False
-    except RuntimeError as e:
-        result['name_check'] = 'different statistic names' in str(e)
-    dist.barrier()
-    print(json.dumps(result))
-    torch.distributed.destroy_process_group()
+        result.update(num=c.num('Loss/x'), mean=c.mean('Loss/x'), std=c.std('Loss/x'),
+            num0=c.num('Loss/only0'), mean0=c.mean('Loss/only0'))
+
+        torch.manual_seed(0)
+        net = torch.nn.Linear(3, 2)
+        misc.check_ddp_consistency(net)
+        ddp = torch.nn.parallel.DistributedDataParallel(net)
+        with misc.ddp_sync(ddp, sync=False):
+            ddp(torch.ones(1, 3) * (rank + 1)).sum().backward() # no all-reduce: grads differ
+        result['grad_local'] = net.weight.grad[0, 0].item()
+        net.weight.grad = None
+        with misc.ddp_sync(ddp, sync=True):
+            ddp(torch.ones(1, 3) * (rank + 1)).sum().backward() # averaged over ranks
+        result['grad_synced'] = net.weight.grad[0, 0].item()
+        with torch.no_grad():
+            net.bias.add_(rank)
+        try:
+            misc.check_ddp_consistency(net)
+            result['mismatch_detected'] = False
+        except AssertionError:
+            result['mismatch_detected'] = True
+
+        # Ranks that report different names get a clear error instead of a hang.
+        training_stats.report('Loss/extra_rank%d' % rank, 1.0)
+        try:
+            c.update()
+            result['name_check'] = False
+        except RuntimeError as e:
+            result['name_check'] = 'different statistic names' in str(e)
+        dist.barrier()
+        print(json.dumps(result))
+
+    main()
+    dist.shutdown()
 ''')
 
 def _free_port():

@@ -354,8 +354,8 @@ DDP_DRIVER = textwrap.dedent('''
             optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
             seed=0, batch_size=8, batch_gpu=2, total_kimg=0.024, kimg_per_tick=0.008, snapshot_ticks=1, state_dump_ticks=100,
             ema_halflife_kimg=0.01, lr_rampup_kimg=0, export_net='raw', device='cpu')
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        from torch_utils import distributed as dist
+        dist.shutdown()
 
     if __name__ == '__main__': # the loss is imported from this file by name: do not train on import
         main(sys.argv[1])

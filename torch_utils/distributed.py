@@ -2,6 +2,7 @@
 CUDA (NCCL) or CPU (Gloo)."""
 
 import atexit
+import gc
 import os
 import sys
 
@@ -48,17 +49,21 @@ def init(device=None):
     if world_size > 1 and not torch.distributed.is_initialized():
         backend = 'nccl' if device.type == 'cuda' and sys.platform != 'win32' else 'gloo'
         torch.distributed.init_process_group(backend=backend, init_method='env://')
-        atexit.register(_shutdown)
+        atexit.register(shutdown)
 
     training_stats.init_multiprocessing(rank=get_rank(), sync_device=(device if get_world_size() > 1 else None))
     return device
 
 #----------------------------------------------------------------------------
-# Tear the process group down before the interpreter exits: left to process
-# teardown, Gloo's worker threads can abort the process ("terminate called
+# Tear the process group down; called at the end of the CLIs and at exit.
+# Left to process teardown, Gloo's worker threads can abort the process ("terminate called
 # without an active exception"), failing a run that has finished its work.
+# DDP wrappers sit in reference cycles that outlive their function; freeing
+# them during interpreter finalization aborts the same way, so collect them
+# here first, while the interpreter is whole.
 
-def _shutdown():
+def shutdown():
+    gc.collect()
     if _group_ready():
         torch.distributed.destroy_process_group()
 
