@@ -71,6 +71,10 @@ def test_lmnt_checkpoint_round_trip(tmp_path):
     # LMNT's learner restores the optimizer unconditionally: a model saved without one still
     # carries a valid (fresh) Adam state.
     torch.optim.Adam(strict.parameters()).load_state_dict(saved['optimizer'])
+    # ... and an fp16 learner its grad scaler, which refuses the empty state of a disabled one.
+    scaler = torch.amp.GradScaler('cpu')
+    scaler.load_state_dict(saved['scaler'])
+    assert scaler.get_scale() == 2.0 ** 16
 
     # A fork that stored the (non-persistent in LMNT) embedding table still loads.
     state_with_table = dict(state, **{'diffusion_embedding.embedding': net.diffusion_embedding.embedding.clone()})

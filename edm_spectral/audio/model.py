@@ -215,8 +215,12 @@ def save_checkpoint(path, model, params, step=0, optimizer=None, scaler=None, **
     to_cpu = lambda d: {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in d.items()}
     if optimizer is None: # LMNT's loader always restores an optimizer: give it a fresh Adam's state.
         optimizer = torch.optim.Adam(model.parameters(), lr=params.get('learning_rate', LJSPEECH_PARAMS['learning_rate']))
+    # A disabled scaler (fp32) has an empty state, which an fp16 LMNT learner refuses to load:
+    # write a fresh scaler's state instead (torch.amp.GradScaler's defaults).
+    scaler_state = (scaler.state_dict() if scaler is not None else {}) or dict(scale=2.0 ** 16, growth_factor=2.0,
+        backoff_factor=0.5, growth_interval=2000, _growth_tracker=0)
     data = dict(step=int(step), model=to_cpu(model.state_dict()), optimizer=optimizer.state_dict(),
-        params=dict(params), scaler=scaler.state_dict() if scaler is not None else {},
+        params=dict(params), scaler=scaler_state,
         format=CHECKPOINT_FORMAT, **extras)
     tmp = path + '.tmp'
     torch.save(data, tmp)
