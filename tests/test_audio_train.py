@@ -23,12 +23,15 @@ TINY = dict(residual_layers=2, residual_channels=8, dilation_cycle_length=2)
 # x0 exactly.
 
 class Oracle(torch.nn.Module):
-    def __init__(self, x0, abar):
+    """Predicts the exact noise from the clean audio: a fixed x0, or (hop given) x0 read off the
+    mel, whose row 0 holds each frame's constant sample value."""
+    def __init__(self, abar, x0=None, hop=None):
         super().__init__()
-        self.x0, self.abar = x0, abar
+        self.abar, self.x0, self.hop = abar, x0, hop
     def forward(self, x, t, mel):
         ab = self.abar[t][:, None]
-        return ((x - ab.sqrt() * self.x0) / (1 - ab).sqrt())[:, None]
+        x0 = self.x0 if self.hop is None else mel[:, 0].repeat_interleave(self.hop, dim=-1)
+        return ((x - ab.sqrt() * x0) / (1 - ab).sqrt())[:, None]
 
 def test_x0_estimate_exact_with_oracle():
     abar = torch.as_tensor(diffusion.alpha_bars(np.linspace(1e-4, 0.05, 50)), dtype=torch.float64)
@@ -36,34 +39,24 @@ def test_x0_estimate_exact_with_oracle():
     t = torch.tensor([0, 20, 49])
     x_t = abar[t][:, None].sqrt() * x0 + (1 - abar[t][:, None]).sqrt() * torch.randn(3, 64, dtype=torch.float64)
     for k in [1, 2, 5]:
-        est = diffusion.estimate_x0(Oracle(x0, abar), x_t, t, None, abar, rollout_steps=k)
+        est = diffusion.estimate_x0(Oracle(abar, x0), x_t, t, None, abar, rollout_steps=k)
         assert torch.allclose(est, x0, atol=1e-10)
 
-# mel_reliance: a model that reads the clean audio off its mel (here each mel frame holds the
-# frame's constant sample value) predicts the noise exactly from its own mel only; a model that
-# ignores the mel scores the same with every mel.
-
-class MelOracle(torch.nn.Module):
-    def __init__(self, abar, hop):
-        super().__init__()
-        self.abar, self.hop = abar, hop
-    def forward(self, x, t, mel):
-        ab = self.abar[t][:, None]
-        x0 = mel[:, 0].repeat_interleave(self.hop, dim=-1)
-        return ((x - ab.sqrt() * x0) / (1 - ab).sqrt())[:, None]
+# mel_reliance: a model that reads the clean audio off its mel predicts the noise exactly from
+# its own mel only; a model that ignores the mel scores the same with every mel.
 
 def test_mel_reliance():
     betas = np.linspace(1e-4, 0.05, 50)
     abar = torch.as_tensor(diffusion.alpha_bars(betas), dtype=torch.float32)
     mel = torch.rand(4, 3, 5) - 0.5
     audio = mel[:, 0].repeat_interleave(8, dim=-1)
-    l1 = diffusion.mel_reliance(MelOracle(abar, 8), audio, mel, betas, steps=(0, 10, 49))
+    l1 = diffusion.mel_reliance(Oracle(abar, hop=8), audio, mel, betas, steps=(0, 10, 49))
     assert l1['own'] < 1e-4 and l1['other'] > 0.05 and l1['zero'] > 0.05
     params = model_lib.make_params(dict(TINY, unconditional=True))
     l1 = diffusion.mel_reliance(model_lib.DiffWave(params), audio, mel, betas)
     assert l1['own'] == l1['other'] == l1['zero'] > 0
     with pytest.raises(ValueError, match='at least two'):
-        diffusion.mel_reliance(MelOracle(abar, 8), audio[:1], mel[:1], betas)
+        diffusion.mel_reliance(Oracle(abar, hop=8), audio[:1], mel[:1], betas)
 
 def test_inference_steps():
     betas = np.linspace(1e-4, 0.05, 50)
