@@ -53,6 +53,6 @@ def test_demo_smoke(tmp_path):
     assert json.load(open(os.path.join(out, 'summary.json')))['preset'] == 'smoke'
     md = open(os.path.join(out, 'summary.md')).read()
     assert '| baseline |' in md and '| wavelet-haar - baseline |' in md
-    assert os.path.isfile(os.path.join(out, 'spectrograms.png'))
+    assert os.path.isfile(os.path.join(out, 'spectrograms.png')) and os.path.isfile(os.path.join(out, 'psd.png'))
 
 #----------------------------------------------------------------------------

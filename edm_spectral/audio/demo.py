@@ -3,7 +3,7 @@ briefly, fine-tune it without and with spectral terms (several training seeds ea
 held-out clips with several sampling seeds and tabulate MR-STFT, NDB/K, the stand-in FAD, the
 log-PSD distance (plus PESQ when installed) and how much each model relies on its mel.
 
-Writes <outdir>/corpus/, runs/, vocoded/<variant>/train-seed<S>/, spectrograms.png,
+Writes <outdir>/corpus/, runs/, vocoded/<variant>/train-seed<S>/, spectrograms.png, psd.png,
 summary.json and summary.md. The demo preset takes about 10 minutes on 2 CPU cores. Its model
 is tiny and its training short: it exercises the full pipeline and compares the variants
 against the baseline run with the same training seed, but it does not reproduce Table 2 (see
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from edm_spectral.audio import data as data_lib
+from edm_spectral import spectrum
 from edm_spectral.audio import diffusion, make_corpus, metrics, train, vocode
 
 #----------------------------------------------------------------------------
@@ -135,6 +136,12 @@ def run_demo(outdir, preset='demo', device='cpu', seed=0, verbose=True):
     ref = os.path.join(summary['variants']['baseline']['runs'][0]['vocoded'], 'reference')
     columns = dict(reference=[mel_of(os.path.join(ref, i + '.wav')) for i in ids[:3]], **columns)
     vocode.save_spectrogram_grid(os.path.join(outdir, 'spectrograms.png'), columns, ids[:3])
+    # Welch PSDs of the held-out set: the reference and each variant (training seed 0, sampling seed 0).
+    spectra = {'reference': spectrum.psd_of_audio_source(ref)}
+    for name, variant in summary['variants'].items():
+        spectra[name] = spectrum.psd_of_audio_source(os.path.join(variant['runs'][0]['vocoded'], f'seed{cfg["seeds"][0]:03d}'))
+    spectrum.plot_spectra(spectra, os.path.join(outdir, 'psd.png'), ref_name='reference', xlabel='frequency (Hz)',
+        title='Power spectral density of the held-out clips (Welch)')
     timings['total'] = time.time() - t0
     summary['timings_seconds'] = timings
     summary['torch_threads'] = torch.get_num_threads()
