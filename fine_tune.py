@@ -4,7 +4,6 @@ image experiments as one command."""
 import os
 import re
 import json
-import pickle
 import shlex
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ import click
 import torch
 import dnnlib
 from torch_utils import distributed as dist
-from edm_spectral.cli import spectral_options, spectral_kwargs_from_options
+from edm_spectral.cli import load_snapshot_option, spectral_options, spectral_kwargs_from_options
 import train
 
 #----------------------------------------------------------------------------
@@ -238,21 +237,10 @@ def main(**kwargs):
         device = dist.init(opts.device)
     except ValueError as e:
         raise click.ClickException(str(e))
-    if not dnnlib.util.is_url(opts.network) and not os.path.isfile(opts.network):
-        raise click.ClickException(f'--network: file not found: "{opts.network}"')
 
     # The checkpoint: network class and arguments, loss and augmentation settings.
-    from edm_spectral.checkpoints import load_snapshot
     dist.print0(f'Reading "{opts.network}"...')
-    if dist.get_rank() != 0:
-        dist.barrier() # rank 0 downloads first
-    try:
-        snap = load_snapshot(opts.network, trust_code=opts.trust_code)
-    except (OSError, ValueError, pickle.UnpicklingError) as e: # the last: refused by the weights-only loader
-        raise click.ClickException(f'--network: {e}')
-    finally:
-        if dist.get_rank() == 0:
-            dist.barrier()
+    snap = load_snapshot_option(opts.network, '--network', trust_code=opts.trust_code)
     net = snap['ema']
     net_kwargs = dict(net.init_kwargs)
     interface = {k: net_kwargs.pop(k) for k in ['img_resolution', 'img_channels', 'label_dim'] if k in net_kwargs}

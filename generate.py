@@ -3,7 +3,6 @@ Generative Models" (Karras et al., 2022), one PNG per seed, identical to NVlabs/
 generate.py for the same network, seeds and options."""
 
 import os
-import pickle
 import re
 
 import click
@@ -306,20 +305,9 @@ def image_path(outdir, seed, subdirs=False):
 # Load the network on every rank, rank 0 first (it fills the download cache for URLs).
 
 def _load_network(network_pkl, device, trust_code):
-    from edm_spectral.checkpoints import load_network
-    if '://' not in network_pkl and not os.path.isfile(network_pkl):
-        raise click.ClickException(f'network pickle not found: {network_pkl}')
-    if dist.get_rank() != 0:
-        dist.barrier()
+    from edm_spectral.cli import load_snapshot_option
     dist.print0(f'Loading network from "{network_pkl}"...')
-    try:
-        net = load_network(network_pkl, trust_code=trust_code, device=device)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
-        hint = '' if trust_code else ' (a pickle made by other code may load with --trust-code, which executes the code stored in it)'
-        raise click.ClickException(f'cannot load network from "{network_pkl}": {e}{hint}') from e
-    if dist.get_rank() == 0:
-        dist.barrier()
-    return net.eval().requires_grad_(False).to(device)
+    return load_snapshot_option(network_pkl, '--network', trust_code=trust_code, device=device)['ema']
 
 #----------------------------------------------------------------------------
 

@@ -4,13 +4,12 @@
 import os
 import re
 import json
-import pickle
 import click
 import torch
 import dnnlib
 from torch_utils import distributed as dist
 from training import training_loop
-from edm_spectral.cli import spectral_options, spectral_kwargs_from_options
+from edm_spectral.cli import load_snapshot_option, spectral_options, spectral_kwargs_from_options
 
 #----------------------------------------------------------------------------
 # Integers from a string like '0-3,8' (inclusive ranges), as --cres and --grid-seeds take them.
@@ -167,22 +166,10 @@ def resume_options(path):
     c.resume_state_dump = path
     return c
 
-# Read the --transfer snapshot once up front (rank 0 first: it downloads), so that a missing,
-# corrupt or refused pickle, or one made for another resolution, fails here and not after
-# the training loop has built everything.
+# Read the --transfer snapshot once up front, so that a missing, corrupt or refused pickle, or
+# one made for another resolution, fails here and not after the training loop has built everything.
 def check_transfer(path, trust_code, resolution):
-    from edm_spectral.checkpoints import load_snapshot
-    if not dnnlib.util.is_url(path) and not os.path.isfile(path):
-        raise click.ClickException(f'--transfer: file not found: "{path}"')
-    if dist.get_rank() != 0:
-        dist.barrier()
-    try:
-        net = load_snapshot(path, trust_code=trust_code)['ema']
-    except (OSError, ValueError, pickle.UnpicklingError) as e: # the last: refused by the safe loader
-        raise click.ClickException(f'--transfer: {e}')
-    finally:
-        if dist.get_rank() == 0:
-            dist.barrier()
+    net = load_snapshot_option(path, '--transfer', trust_code=trust_code)['ema']
     net_res = getattr(net, 'img_resolution', resolution)
     if net_res != resolution:
         raise click.ClickException(f'--transfer: the snapshot is for {net_res}x{net_res} images, the dataset is {resolution}x{resolution}')

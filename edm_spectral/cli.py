@@ -1,6 +1,13 @@
-"""The --spectral* command-line options shared by every training CLI."""
+"""Command-line pieces shared by the CLIs: the --spectral* options of every training CLI, and
+reading a network snapshot named by an option."""
+
+import os
+import pickle
 
 import click
+
+import dnnlib
+from torch_utils import distributed as dist
 
 #----------------------------------------------------------------------------
 # Option values, as SpectralLoss accepts them.
@@ -158,5 +165,27 @@ def spectral_kwargs_from_options(opts):
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     return kwargs
+
+#----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# Read the snapshot an option names (`option`, e.g. '--network', appears in the
+# messages) on every rank, rank 0 first: it fills the download cache for URLs.
+# A missing, corrupt or refused pickle is a clear error, not a traceback.
+
+def load_snapshot_option(path, option, trust_code=False, device='cpu'):
+    from edm_spectral.checkpoints import load_snapshot
+    if not dnnlib.util.is_url(path) and not os.path.isfile(path):
+        raise click.ClickException(f'{option}: file not found: "{path}"')
+    if dist.get_rank() != 0:
+        dist.barrier()
+    try:
+        return load_snapshot(path, trust_code=trust_code, device=device)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e: # the last: refused by the safe loader
+        hint = '' if trust_code else ' (a pickle made by other code may load with --trust-code, which executes the code stored in it)'
+        raise click.ClickException(f'{option}: cannot load network snapshot "{path}": {e}{hint}') from e
+    finally:
+        if dist.get_rank() == 0:
+            dist.barrier()
 
 #----------------------------------------------------------------------------
