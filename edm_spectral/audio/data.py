@@ -231,9 +231,14 @@ class CropStream(torch.utils.data.IterableDataset):
             mel = self.corpus.mel(idx)
             audio = self.corpus.audio(idx)
             start = rnd.randint(mel.shape[-1] - self.crop_frames + 1)
-            end = start + self.crop_frames
-            crop = audio[start * hop:end * hop]
-            crop = np.pad(crop, (0, (end - start) * hop - len(crop)))
-            yield torch.from_numpy(crop.astype(np.float32)), torch.from_numpy(np.ascontiguousarray(mel[:, start:end]))
+            a, m = crop_clip(audio, mel, start, self.crop_frames, hop)
+            yield torch.from_numpy(a), torch.from_numpy(m)
+
+# `frames` mel frames from `start` and the matching samples, zero-padded past the clip's end.
+def crop_clip(audio, mel, start, frames, hop):
+    end = start + frames
+    crop = audio[start * hop:end * hop]
+    crop = np.pad(crop, (0, frames * hop - len(crop)))
+    return crop.astype(np.float32), np.ascontiguousarray(mel[:, start:end])
 
 #----------------------------------------------------------------------------

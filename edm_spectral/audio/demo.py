@@ -54,13 +54,9 @@ def heldout_crops(corpus, crop_frames, per_clip=2, seed=0):
     clips = [(a, m) for _, a, m in (corpus[i] for i in range(len(corpus))) if m.shape[-1] >= crop_frames]
     if len(clips) < 2:
         raise ValueError(f'Need two held-out clips of at least {crop_frames} mel frames for the mel-reliance check')
-    audio, mel = [], []
-    for _ in range(per_clip):
-        for a, m in clips:
-            s = rnd.randint(m.shape[-1] - crop_frames + 1)
-            audio.append(np.pad(a[s * hop:(s + crop_frames) * hop], (0, max(0, (s + crop_frames) * hop - len(a)))))
-            mel.append(m[:, s:s + crop_frames])
-    return torch.from_numpy(np.stack(audio).astype(np.float32)), torch.from_numpy(np.stack(mel).astype(np.float32))
+    crops = [data_lib.crop_clip(a, m, rnd.randint(m.shape[-1] - crop_frames + 1), crop_frames, hop)
+        for _ in range(per_clip) for a, m in clips]
+    return tuple(torch.from_numpy(np.stack(x).astype(np.float32)) for x in zip(*crops))
 
 def reliance(ckpt, crops, device):
     net, params, _ = train.model_lib.load_checkpoint(ckpt, device=device)
