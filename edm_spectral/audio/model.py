@@ -216,9 +216,8 @@ def save_checkpoint(path, model, params, step=0, optimizer=None, scaler=None, **
     if optimizer is None: # LMNT's loader always restores an optimizer: give it a fresh Adam's state.
         optimizer = torch.optim.Adam(model.parameters(), lr=params.get('learning_rate', LJSPEECH_PARAMS['learning_rate']))
     # A disabled scaler (fp32) has an empty state, which an fp16 LMNT learner refuses to load:
-    # write a fresh scaler's state instead (torch.amp.GradScaler's defaults).
-    scaler_state = (scaler.state_dict() if scaler is not None else {}) or dict(scale=2.0 ** 16, growth_factor=2.0,
-        backoff_factor=0.5, growth_interval=2000, _growth_tracker=0)
+    # write a fresh enabled scaler's state instead (the CPU one needs no GPU to exist).
+    scaler_state = (scaler.state_dict() if scaler is not None else {}) or torch.amp.GradScaler('cpu').state_dict()
     data = dict(step=int(step), model=to_cpu(model.state_dict()), optimizer=optimizer.state_dict(),
         params=dict(params), scaler=scaler_state,
         format=CHECKPOINT_FORMAT, **extras)
