@@ -95,13 +95,17 @@ def test_spectral_term_on_waveforms(kind, extra):
 #----------------------------------------------------------------------------
 # Train a few steps with a spectral term, resume, vocode the held-out clips: CLIs end to end.
 
-def test_train_resume_vocode_end_to_end(tmp_path):
-    from edm_spectral.audio import train, vocode
+# A 3-clip corpus (one held out) and the train CLI options of a tiny model on it.
+def tiny_train_setup(tmp_path, *extra):
     root = str(tmp_path / 'lj')
     make_corpus(root, ['LJ001-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
+    return root, ['--data', root, '--outdir', str(tmp_path / 'runs'), '--residual-layers=2', '--residual-channels=8',
+        '--dilation-cycle=2', '--batch=2', '--crop-frames=8', '--workers=0', '--device=cpu', *extra]
+
+def test_train_resume_vocode_end_to_end(tmp_path):
+    from edm_spectral.audio import train, vocode
+    root, common = tiny_train_setup(tmp_path, '--tick=2')
     runner = CliRunner()
-    common = ['--data', root, '--outdir', str(tmp_path / 'runs'), '--residual-layers=2', '--residual-channels=8',
-        '--dilation-cycle=2', '--batch=2', '--crop-frames=8', '--workers=0', '--tick=2', '--device=cpu']
     res = runner.invoke(train.main, common + ['--steps=3', '--snap=2', '--spectral=fourier-amp-phase', '--spectral-weight=1e-4'])
     assert res.exit_code == 0, res.output
     run = os.path.join(str(tmp_path / 'runs'), sorted(os.listdir(tmp_path / 'runs'))[0])
@@ -137,11 +141,8 @@ def test_train_resume_vocode_end_to_end(tmp_path):
 # is rejected when the weights come from a checkpoint.
 def test_train_upsampler_init_option(tmp_path):
     from edm_spectral.audio import train
-    root = str(tmp_path / 'lj')
-    make_corpus(root, ['LJ001-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
+    _, common = tiny_train_setup(tmp_path, '--lr=1e-12')
     runner = CliRunner()
-    common = ['--data', root, '--outdir', str(tmp_path / 'runs'), '--residual-layers=2', '--residual-channels=8',
-        '--dilation-cycle=2', '--batch=2', '--crop-frames=8', '--workers=0', '--device=cpu', '--lr=1e-12']
     res = runner.invoke(train.main, common + ['--steps=1', '--upsampler-init=interp'])
     assert res.exit_code == 0, res.output
     run = os.path.join(str(tmp_path / 'runs'), sorted(os.listdir(tmp_path / 'runs'))[0])
