@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from edm_spectral.audio import data as data_lib
@@ -19,6 +20,21 @@ def test_clip_ids_split():
     assert sum(i.startswith(('LJ001', 'LJ002')) for i in ids) == 3
     with pytest.raises(ValueError, match='heldout'):
         make_corpus.make_corpus('/nonexistent', 4, 4)
+
+# --noise-floor adds white noise of that RMS on its own random stream: texts, voices and the
+# speech itself are those of the silent corpus.
+@needs_espeak
+def test_corpus_noise_floor(tmp_path):
+    from click.testing import CliRunner
+    for name, floor in [('silent', '0'), ('floor', '0.001')]:
+        res = CliRunner().invoke(make_corpus.main, [f'--outdir={tmp_path / name}', '--clips=3', '--heldout=1', f'--noise-floor={floor}'])
+        assert res.exit_code == 0, res.output
+    assert open(tmp_path / 'silent' / 'metadata.csv').read() == open(tmp_path / 'floor' / 'metadata.csv').read()
+    for (_, silent), (_, floor) in zip(data_lib.list_clips(str(tmp_path / 'silent'), 'all'), data_lib.list_clips(str(tmp_path / 'floor'), 'all')):
+        a, b = data_lib.read_wav(silent)[0], data_lib.read_wav(floor)[0]
+        assert len(a) == len(b) and abs(float(np.std(b - a)) - 1e-3) < 1e-4
+    res = CliRunner().invoke(make_corpus.main, [f'--outdir={tmp_path / "bad"}', '--clips=3', '--heldout=1', '--noise-floor=0.5'])
+    assert res.exit_code != 0 and 'noise-floor' in res.output
 
 @needs_espeak
 def test_demo_smoke(tmp_path):

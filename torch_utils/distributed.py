@@ -56,8 +56,9 @@ def init(device=None):
 
 #----------------------------------------------------------------------------
 # Tear the process group down; called at the end of the CLIs and at exit.
-# Left to process teardown, Gloo's worker threads can abort the process ("terminate called
-# without an active exception"), failing a run that has finished its work.
+# Left to process teardown, Gloo's worker threads can abort the process
+# ("terminate called without an active exception"), failing a run that has
+# finished its work.
 # DDP wrappers sit in reference cycles that outlive their function; freeing
 # them during interpreter finalization aborts the same way, so collect them
 # here first, while the interpreter is whole.
