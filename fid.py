@@ -150,8 +150,9 @@ def load_ref_stats(ref):
 
 #----------------------------------------------------------------------------
 
-def _setup(device, detector, workers):
+def _setup(device, detector, workers, trust_code):
     from torch_utils import distributed as dist
+    from edm_spectral.checkpoints import UnsafePickleError
     if workers > 0:
         try:
             torch.multiprocessing.set_start_method('spawn')
@@ -162,8 +163,11 @@ def _setup(device, detector, workers):
     except ValueError as e:
         raise click.ClickException(str(e))
     try:
-        det, det_name = detectors.load_detector(detector, device=device, verbose=(dist.get_rank() == 0))
-    except (RuntimeError, FileNotFoundError) as e:
+        det, det_name = detectors.load_detector(detector, device=device, verbose=(dist.get_rank() == 0), trust_code=trust_code)
+    except UnsafePickleError as e:
+        raise click.ClickException(f'--detector: {e}. Pass --trust-code if you trust this file, '
+            f'or use a TorchScript detector (torch.jit.script(module).save(path)).')
+    except (RuntimeError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e))
     return dist, device, det, det_name
 
@@ -176,10 +180,11 @@ def _label(det_name, metric):
 def main():
     """Calculate Frechet Inception Distance (FID) and Kernel Inception Distance (KID).
 
-    The feature detector is the standard Inception pickle, downloaded once and cached. Loading
-    it executes code stored in the pickle (like loading any network pickle); only use detector
-    files from a trusted source. --detector=standin selects a small random stand-in for offline
-    smoke tests, whose values are not comparable to published FIDs.
+    The feature detector is the standard Inception pickle, downloaded once from NVIDIA's server
+    and cached. Loading a pickle executes code stored in it, so any other detector pickle is
+    refused unless --trust-code is given; a TorchScript detector file loads without running
+    code from it. --detector=standin selects a small random stand-in for offline smoke tests,
+    whose values are not comparable to published FIDs.
 
     \b
     Examples:
@@ -199,7 +204,13 @@ def main():
 
 #----------------------------------------------------------------------------
 
-_detector_help = 'Detector pickle path or URL, or "standin"  [default: the Inception URL; executes code from the pickle]'
+_detector_help = 'Detector: TorchScript file, pickle path or URL (needs --trust-code unless it is the standard one), or "standin"  [default: the Inception URL]'
+_trust_help = 'Load a --detector pickle with plain pickle.load, executing the code stored in it (only for files you trust)'
+
+# Data-loader processes: EDM's 3, but no more than the cores left next to the main process.
+def _default_workers():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(0, min(3, cores - 1))
 
 @main.command()
 @click.option('--images', 'image_path', help='Path to the images', metavar='PATH|ZIP', type=str, required=True)
@@ -211,12 +222,13 @@ _detector_help = 'Detector pickle path or URL, or "standin"  [default: the Incep
 @click.option('--kid',                  help='Also compute KID (needs a reference made with --features)', is_flag=True)
 @click.option('--kid-subsets',          help='KID: number of random subsets', metavar='INT', type=click.IntRange(min=1), default=100, show_default=True)
 @click.option('--kid-subset-size',      help='KID: maximum subset size', metavar='INT', type=click.IntRange(min=2), default=1000, show_default=True)
-@click.option('--detector',             help=_detector_help, metavar='PKL|URL', type=str)
-@click.option('--workers',              help='Data loader processes', metavar='INT', type=click.IntRange(min=0), default=3, show_default=True)
+@click.option('--detector',             help=_detector_help, metavar='PATH|URL', type=str)
+@click.option('--trust-code',           help=_trust_help, is_flag=True)
+@click.option('--workers',              help='Data loader processes  [default: min(3, cores - 1)]', metavar='INT', type=click.IntRange(min=0), default=_default_workers())
 @click.option('--device',               help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str)
-def calc(image_path, ref_path, num_expected, allow_fewer, seed, batch, kid, kid_subsets, kid_subset_size, detector, workers, device):
+def calc(image_path, ref_path, num_expected, allow_fewer, seed, batch, kid, kid_subsets, kid_subset_size, detector, trust_code, workers, device):
     """Calculate FID (and optionally KID) for a given set of images."""
-    dist, device, det, det_name = _setup(device, detector, workers)
+    dist, device, det, det_name = _setup(device, detector, workers, trust_code)
 
     ref = None
     if dist.get_rank() == 0:
@@ -245,12 +257,13 @@ def calc(image_path, ref_path, num_expected, allow_fewer, seed, batch, kid, kid_
 @click.option('--dest', 'dest_path',    help='Destination .npz file', metavar='NPZ', type=str, required=True)
 @click.option('--batch',                help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--features',             help='Also store all features (float32), needed for KID', is_flag=True)
-@click.option('--detector',             help=_detector_help, metavar='PKL|URL', type=str)
-@click.option('--workers',              help='Data loader processes', metavar='INT', type=click.IntRange(min=0), default=3, show_default=True)
+@click.option('--detector',             help=_detector_help, metavar='PATH|URL', type=str)
+@click.option('--trust-code',           help=_trust_help, is_flag=True)
+@click.option('--workers',              help='Data loader processes  [default: min(3, cores - 1)]', metavar='INT', type=click.IntRange(min=0), default=_default_workers())
 @click.option('--device',               help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str)
-def ref(dataset_path, dest_path, batch, features, detector, workers, device):
+def ref(dataset_path, dest_path, batch, features, detector, trust_code, workers, device):
     """Calculate dataset reference statistics needed by 'calc'."""
-    dist, device, det, det_name = _setup(device, detector, workers)
+    dist, device, det, det_name = _setup(device, detector, workers, trust_code)
     stats = calculate_inception_stats(image_path=dataset_path, detector=det, max_batch_size=batch,
         num_workers=workers, device=device, return_features=features)
     if dist.get_rank() == 0:

@@ -188,30 +188,99 @@ def test_cli_bad_inputs_give_clear_errors(image_dirs, tmp_path):
     r = _invoke(['calc', f'--images={tmp_path / "nowhere"}', f'--ref={tmp_path / "standin.npz"}'] + common)
     assert r.exit_code != 0 and 'not found' in r.output
 
+def _save_standin_torchscript(path, **kwargs):
+    torch.jit.script(detectors.StandinDetector(**kwargs)).save(str(path))   # the tests' stand-in file: NOT an FID detector
+
 def test_missing_detector_gives_download_instructions(image_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
     url = 'http://localhost:9/metrics/inception-2015-12-05.pkl'   # nothing listens on port 9 (discard)
     r = _invoke(['ref', f'--data={image_dirs["noise"]}', f'--dest={tmp_path / "x.npz"}', f'--detector={url}', '--workers=0', '--device=cpu'])
     assert r.exit_code != 0
     cache_file = detectors.detector_cache_path(url)
-    assert url in r.output and cache_file in r.output and '--detector=PATH' in r.output and 'wget' in r.output
+    assert url in r.output and cache_file in r.output and '--detector=PATH' in r.output and '--trust-code' in r.output and 'wget' in r.output
     assert not os.path.exists(tmp_path / 'x.npz')
 
     # The cache path in the message is where the loader really looks: a detector placed there loads offline.
     os.makedirs(os.path.dirname(cache_file))
-    with open(cache_file, 'wb') as f:
-        pickle.dump(detectors.StandinDetector(feature_dim=32), f)
+    _save_standin_torchscript(cache_file, feature_dim=32)
     det, name = detectors.load_detector(url, verbose=False)
-    assert isinstance(det, detectors.StandinDetector) and det.feature_dim == 32 and name == 'standin'
+    assert det.feature_dim == 32 and name == 'standin'
     # And so does a local path given to --detector.
     det, _ = detectors.load_detector(cache_file, verbose=False)
     assert det.feature_dim == 32
     with pytest.raises(FileNotFoundError):
         detectors.load_detector(str(tmp_path / 'nope.pkl'))
 
-def test_help_mentions_code_execution():
-    r = CliRunner().invoke(fid.main, ['--help'])
-    assert r.exit_code == 0 and 'executes code' in r.output
+def test_pickle_detectors_load_only_from_the_standard_url_or_with_trust_code(tmp_path, monkeypatch):
+    from edm_spectral.checkpoints import UnsafePickleError
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    imgs = torch.randint(0, 256, [2, 3, 8, 8], dtype=torch.uint8)
+    expected = detectors.StandinDetector(feature_dim=16)(imgs)
+    pkl = tmp_path / 'standin.pkl'
+    with open(pkl, 'wb') as f:
+        pickle.dump(detectors.StandinDetector(feature_dim=16), f)
+    with pytest.raises(UnsafePickleError, match='pickle'):
+        detectors.load_detector(str(pkl), verbose=False)
+    det, name = detectors.load_detector(str(pkl), verbose=False, trust_code=True)
+    assert name == 'standin' and torch.equal(det(imgs), expected)
+
+    # The download cache of the standard URL is trusted, by URL (the default) and by path.
+    cached = detectors.detector_cache_path(detectors.DETECTOR_URL)
+    os.makedirs(os.path.dirname(cached))
+    os.replace(pkl, cached)
+    assert detectors.is_standard_detector_file(cached)
+    for spec in (None, cached):
+        det, _ = detectors.load_detector(spec, verbose=False)
+        assert torch.equal(det(imgs), expected)
+
+    # A pickle in the cache of another URL is not.
+    url = 'http://localhost:9/other/detector.pkl'
+    other = detectors.detector_cache_path(url)
+    with open(other, 'wb') as f:
+        pickle.dump(detectors.StandinDetector(feature_dim=16), f)
+    with pytest.raises(UnsafePickleError):
+        detectors.load_detector(url, verbose=False)
+
+    # A zip that is not TorchScript (a torch.save file) is a clear error, not an unpickle.
+    torch.save(detectors.StandinDetector(feature_dim=16), tmp_path / 'saved.pt')
+    with pytest.raises(ValueError, match='not a loadable TorchScript'):
+        detectors.load_detector(str(tmp_path / 'saved.pt'), verbose=False)
+
+class _Hostile:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f'open({self.marker!r}, "w").write("payload ran")',))
+
+@pytest.mark.parametrize('command', ['ref', 'calc'])
+def test_hostile_detector_pickle_runs_no_code(image_dirs, tmp_path, command):
+    import subprocess
+    marker, evil = tmp_path / 'payload-ran', tmp_path / 'evil.pkl'
+    with open(evil, 'wb') as f:
+        pickle.dump(_Hostile(marker), f)
+    ref = tmp_path / 'standin.npz'
+    np.savez(ref, mu=np.zeros(256), sigma=np.eye(256), detector=np.array('standin'))
+    args = dict(ref=['ref', f'--data={image_dirs["noise"]}', f'--dest={tmp_path / "out.npz"}'],
+        calc=['calc', f'--images={image_dirs["noise"]}', f'--ref={ref}', '--num=24'])[command]
+    args += [f'--detector={evil}', '--workers=0', '--device=cpu']
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, 'fid.py'] + args, cwd=root, env=dict(os.environ, OMP_NUM_THREADS='1'),
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and not marker.exists()
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('Error: --detector:') and '--trust-code' in lines[0], proc.stdout + proc.stderr
+    assert not os.path.exists(tmp_path / 'out.npz')
+
+    # The same file with --trust-code is unpickled: the payload runs (which is what the flag says).
+    r = _invoke(args + ['--trust-code'])
+    assert r.exit_code != 0 and 'does not hold a detector module' in r.output and marker.exists()
+
+@pytest.mark.parametrize('cores, workers', [(1, 0), (2, 1), (4, 3), (64, 3)])
+def test_default_workers_fit_the_cores(monkeypatch, cores, workers):
+    # DataLoader warns when the workers outnumber the cores; EDM's 3 did on a 2-core machine.
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(range(cores)), raising=False)
+    assert fid._default_workers() == workers
 
 #----------------------------------------------------------------------------
 # Two CPU processes under torchrun (Gloo) give the same statistics and features as one process.
