@@ -1,157 +1,21 @@
-"""Frechet Inception Distance (FID) and Kernel Inception Distance (KID) of image sets,
-computed exactly as in EDM/StyleGAN, with reference statistics in EDM's .npz format."""
+"""Frechet Inception Distance (FID) and Kernel Inception Distance (KID) of image sets, or of a
+network's samples generated in memory, computed exactly as in EDM/StyleGAN, with reference
+statistics in EDM's .npz format. The computation lives in edm_spectral/fid_stats.py."""
 
 import os
 
 import click
 import numpy as np
-import scipy.linalg
 import torch
-import tqdm
 
-import dnnlib.util
-from edm_spectral import detectors
-
-#----------------------------------------------------------------------------
-# Features of every image of a folder or zip, reduced to float64 sums on each rank and combined
-# across ranks. Returns mu [D], sigma [D, D], and (if return_features) the features [N, D] in
-# dataset order on every rank. The batch split across ranks follows EDM, so the result does not
-# depend on the number of processes (up to float64 summation order). `detector` is a loaded
-# detector module, or what load_detector() accepts (None = the standard Inception).
-
-def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_size=64, num_workers=3,
-        prefetch_factor=2, device=None, detector=None, allow_fewer=False, return_features=False):
-    from torch_utils import distributed as dist
-    from training.dataset import ImageFolderDataset
-    device = dist.resolve_device(device)
-    if detector is None or isinstance(detector, str):
-        detector, _name = detectors.load_detector(detector, device=device, verbose=(dist.get_rank() == 0))
-
-    # Images: a seeded random subset when there are more than requested.
-    dist.print0(f'Loading images from "{image_path}"...')
-    try:
-        dataset_obj = ImageFolderDataset(path=image_path, max_size=num_expected, random_seed=seed)
-    except (ValueError, OSError) as e:
-        raise click.ClickException(str(e))
-    num_images = len(dataset_obj)
-    if num_expected is not None and num_images < num_expected:
-        if not allow_fewer:
-            raise click.ClickException(f'Found {num_images} images in "{image_path}", fewer than --num={num_expected}. '
-                f'FID depends on the number of images; pass --allow-fewer to use {num_images}, or --num={num_images}.')
-        dist.print0(f'Warning: using only {num_images} images instead of {num_expected}; FID is biased upwards for fewer images.')
-    if num_images < 2:
-        raise click.ClickException(f'Need at least 2 images to estimate a covariance, found {num_images} in "{image_path}"')
-
-    # Batches: ceil(N / (batch * W)) * W contiguous chunks, rank r takes chunks r, r+W, r+2W, ...
-    world_size, rank = dist.get_world_size(), dist.get_rank()
-    num_batches = ((num_images - 1) // (max_batch_size * world_size) + 1) * world_size
-    all_batches = torch.arange(num_images).tensor_split(num_batches)
-    rank_batches = [(i, b) for i, b in enumerate(all_batches) if i % world_size == rank and len(b) > 0]
-    loader_kwargs = dict(num_workers=num_workers, prefetch_factor=prefetch_factor) if num_workers > 0 else dict(num_workers=0)
-    data_loader = torch.utils.data.DataLoader(dataset_obj, batch_sampler=[b for _, b in rank_batches], **loader_kwargs)
-
-    # Accumulate sum f and sum f^T f in float64.
-    feature_dim = detectors.detector_feature_dim(detector)
-    mu = torch.zeros([feature_dim], dtype=torch.float64, device=device)
-    sigma = torch.zeros([feature_dim, feature_dim], dtype=torch.float64, device=device)
-    kept = []
-    dist.print0(f'Calculating statistics for {num_images} images...')
-    for (images, _labels), (batch_idx, _) in zip(tqdm.tqdm(data_loader, unit='batch', disable=(rank != 0)), rank_batches):
-        if images.shape[1] == 1:
-            images = images.repeat([1, 3, 1, 1])
-        with torch.no_grad():
-            features = detector(images.to(device), return_features=True).to(torch.float64)
-        if features.shape != (images.shape[0], feature_dim):
-            raise RuntimeError(f'Detector returned features of shape {list(features.shape)}, expected [{images.shape[0]}, {feature_dim}]')
-        mu += features.sum(0)
-        sigma += features.T @ features
-        if return_features:
-            kept.append((batch_idx, features.to(torch.float32).cpu()))
-
-    # Combine ranks and finalise.
-    if world_size > 1:
-        torch.distributed.all_reduce(mu)
-        torch.distributed.all_reduce(sigma)
-    mu /= num_images
-    sigma -= mu.ger(mu) * num_images
-    sigma /= num_images - 1
-    mu, sigma = mu.cpu().numpy(), sigma.cpu().numpy()
-    if not return_features:
-        return mu, sigma
-    if world_size > 1:
-        gathered = [None] * world_size
-        torch.distributed.all_gather_object(gathered, kept)
-        kept = [item for part in gathered for item in part]
-    kept.sort(key=lambda item: item[0])
-    return mu, sigma, torch.cat([f for _, f in kept]).numpy()
-
-#----------------------------------------------------------------------------
-# Frechet distance between two Gaussians: |mu - mu_ref|^2 + tr(S + S_ref - 2 sqrtm(S S_ref)).
-
-def calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref):
-    mu, sigma, mu_ref, sigma_ref = (np.asarray(a, dtype=np.float64) for a in (mu, sigma, mu_ref, sigma_ref))
-    if mu.shape != mu_ref.shape or sigma.shape != sigma_ref.shape or sigma.shape != mu.shape * 2:
-        raise ValueError(f'Statistics do not match: mu {mu.shape} / {mu_ref.shape}, sigma {sigma.shape} / {sigma_ref.shape}')
-    m = np.square(mu - mu_ref).sum()
-    s = scipy.linalg.sqrtm(np.dot(sigma, sigma_ref))
-    if isinstance(s, tuple):   # older scipy returns (sqrtm, error estimate)
-        s = s[0]
-    fid = m + np.trace(sigma + sigma_ref - s * 2)
-    return float(np.real(fid))
-
-#----------------------------------------------------------------------------
-# Kernel Inception Distance (Binkowski et al. 2018): the unbiased estimate of MMD^2 with the
-# polynomial kernel k(x, y) = (x.y / D + 1)^3, averaged over `num_subsets` random subsets of
-# m = min(N1, N2, max_subset_size) features drawn without replacement from each set.
-
-def calculate_kid(feats1, feats2, num_subsets=100, max_subset_size=1000, seed=0):
-    feats1, feats2 = np.asarray(feats1, dtype=np.float64), np.asarray(feats2, dtype=np.float64)
-    if feats1.ndim != 2 or feats2.ndim != 2 or feats1.shape[1] != feats2.shape[1]:
-        raise ValueError(f'Feature sets must be [N, D] with the same D, got {feats1.shape} and {feats2.shape}')
-    dim = feats1.shape[1]
-    m = min(len(feats1), len(feats2), max_subset_size)
-    if m < 2:
-        raise ValueError(f'KID needs at least 2 features per set, got {len(feats1)} and {len(feats2)}')
-    rnd = np.random.RandomState(seed)
-    kernel = lambda a, b: (a @ b.T / dim + 1) ** 3
-    total = 0.0
-    for _ in range(num_subsets):
-        x = feats1[rnd.choice(len(feats1), m, replace=False)]
-        y = feats2[rnd.choice(len(feats2), m, replace=False)]
-        kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
-        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-        total += within - 2 * kxy.mean()
-    return float(total / num_subsets)
-
-#----------------------------------------------------------------------------
-# Reference statistics: .npz path or URL with mu, sigma (optional: features, detector).
-
-def load_ref_stats(ref):
-    if dnnlib.util.is_url(ref):
-        try:
-            with dnnlib.util.open_url(ref, cache=True) as f:
-                data = dict(np.load(f, allow_pickle=False))
-        except Exception as e:
-            raise click.ClickException(f'Could not fetch reference statistics from {ref}: {type(e).__name__}: {e}')
-    else:
-        if not os.path.isfile(ref):
-            raise click.ClickException(f'Reference statistics not found: {ref}')
-        try:
-            with open(ref, 'rb') as f:
-                data = dict(np.load(f, allow_pickle=False))
-        except Exception as e:
-            raise click.ClickException(f'{ref} is not a readable .npz file: {type(e).__name__}: {e}')
-    if 'mu' not in data or 'sigma' not in data:
-        raise click.ClickException(f'{ref} lacks "mu" and/or "sigma" (keys: {sorted(data)})')
-    if data['mu'].ndim != 1 or data['sigma'].shape != data['mu'].shape * 2:
-        raise click.ClickException(f'{ref}: bad shapes mu {data["mu"].shape}, sigma {data["sigma"].shape}')
-    data['detector'] = str(data['detector']) if 'detector' in data else detectors.DETECTOR_NAME   # published refs: Inception
-    return data
+from edm_spectral import detectors, fid_stats
+from edm_spectral.fid_stats import calculate_fid_from_inception_stats, calculate_inception_stats, calculate_kid, load_ref_stats  # noqa: F401 (EDM's names, importable from fid)
+from torch_utils import distributed as dist
+from generate import parse_int_list  # to be imported from training.sampling once the samplers move there (issue 11)
 
 #----------------------------------------------------------------------------
 
 def _setup(device, detector, workers, trust_code):
-    from torch_utils import distributed as dist
     from edm_spectral.checkpoints import UnsafePickleError
     if workers > 0:
         try:
@@ -169,10 +33,69 @@ def _setup(device, detector, workers, trust_code):
             f'or use a TorchScript detector (torch.jit.script(module).save(path)).')
     except (RuntimeError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e))
-    return dist, device, det, det_name
+    return device, det, det_name
 
 def _label(det_name, metric):
     return f'{metric} (stand-in detector, NOT comparable to published {metric})' if det_name == detectors.STANDIN_NAME else metric
+
+# Reference statistics on rank 0, checked against the detector (None on the other ranks). A
+# problem is an error on rank 0; the other ranks learn of it and exit too, instead of waiting.
+def _load_ref(ref_path, det, det_name, kid):
+    ref, error = None, None
+    if dist.get_rank() == 0:
+        try:
+            ref = _checked_ref(ref_path, det, det_name, kid)
+        except click.ClickException as e:
+            error = e
+    if dist.get_world_size() > 1:
+        if error is not None:
+            error.show()   # before the others exit: torchrun then stops this rank too
+        failed = [error is not None]
+        torch.distributed.broadcast_object_list(failed, src=0)
+        if failed[0]:
+            raise click.exceptions.Exit(1)
+    if error is not None:
+        raise error
+    return ref
+
+def _checked_ref(ref_path, det, det_name, kid):
+    try:
+        ref = load_ref_stats(ref_path)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(str(e))
+    if (ref['detector'] == detectors.STANDIN_NAME) != (det_name == detectors.STANDIN_NAME):
+        raise click.ClickException(f'{ref_path} was computed with detector "{ref["detector"]}" but this run uses "{det_name}"; use the same detector for both')
+    if ref['mu'].shape[0] != detectors.detector_feature_dim(det):
+        raise click.ClickException(f'{ref_path} holds {ref["mu"].shape[0]}-d statistics, the detector gives {detectors.detector_feature_dim(det)}-d features')
+    if kid and 'features' not in ref:
+        raise click.ClickException(f'--kid needs reference features, but {ref_path} has only mu/sigma; make it with "fid.py ref --features"')
+    return ref
+
+# Library errors about the inputs become one-line CLI errors.
+def _run(fn, **kwargs):
+    try:
+        return fn(**kwargs)
+    except fid_stats.TooFewImagesError as e:
+        raise click.ClickException(f'Found {e.num_found} images in "{e.path}", fewer than --num={e.num_expected}. '
+            f'FID depends on the number of images; pass --allow-fewer to use {e.num_found}, or --num={e.num_found}.')
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e))
+
+# Rank 0 prints FID (EDM's bare f'{fid:g}' for Inception) and KID of one set of statistics.
+def _report(stats, ref, det_name, kid, kid_subsets, kid_subset_size, seed, suffix=''):
+    fid = calculate_fid_from_inception_stats(stats[0], stats[1], ref['mu'], ref['sigma'])
+    if det_name == detectors.STANDIN_NAME or suffix:
+        print(f'{_label(det_name, "FID")}{suffix}: {fid:g}')
+    else:
+        print(f'{fid:g}')
+    if kid:
+        value = calculate_kid(stats[2], ref['features'], num_subsets=kid_subsets, max_subset_size=kid_subset_size, seed=seed)
+        print(f'{_label(det_name, "KID")}{suffix}: {value:g}')
+    return fid
+
+def _describe_seeds(seeds):
+    lo, hi = min(seeds), max(seeds)
+    return f'{lo}-{hi}' if len(seeds) == hi - lo + 1 else f'{len(seeds)} seeds in {lo}-{hi}'
 
 #----------------------------------------------------------------------------
 
@@ -188,12 +111,13 @@ def main():
 
     \b
     Examples:
-    # Generate 50000 images and save them as out/*/*.png
-    torchrun --standalone --nproc_per_node=1 generate.py --outdir=out --seeds=0-49999 --subdirs \\
-        --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
+    # FID of a network's 50000 samples, generated in memory, over EDM's 3 seed sets
+    torchrun --standalone --nproc_per_node=8 fid.py calc --seeds=0-49999 --repeats=3 \\
+        --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl \\
+        --ref=https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz
 
     \b
-    # Calculate FID
+    # FID of images written by generate.py
     torchrun --standalone --nproc_per_node=1 fid.py calc --images=out \\
         --ref=https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz
 
@@ -205,50 +129,104 @@ def main():
 #----------------------------------------------------------------------------
 
 _detector_help = 'Detector: TorchScript file, pickle path or URL (needs --trust-code unless it is the standard one), or "standin"  [default: the Inception URL]'
-_trust_help = 'Load a --detector pickle with plain pickle.load, executing the code stored in it (only for files you trust)'
 
 # Data-loader processes: EDM's 3, but no more than the cores left next to the main process.
 def _default_workers():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(0, min(3, cores - 1))
 
+def _common_options(trust_help):
+    options = [
+        click.option('--detector',   help=_detector_help, metavar='PATH|URL', type=str),
+        click.option('--trust-code', help=trust_help, is_flag=True),
+        click.option('--workers',    help='Data loader processes  [default: min(3, cores - 1)]', metavar='INT', type=click.IntRange(min=0), default=_default_workers()),
+        click.option('--device',     help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str),
+    ]
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+# generate.py's sampler options, with the same names, types and defaults.
+def _sampler_options(f):
+    options = [
+        click.option('--steps', 'num_steps',      help='--network: noise levels N (2N-1 network calls for Heun)', metavar='INT', type=click.IntRange(min=2), default=18, show_default=True),
+        click.option('--sigma_min',               help='--network: smallest noise level  [default: per --disc]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+        click.option('--sigma_max',               help='--network: largest noise level  [default: per --disc]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
+        click.option('--rho',                     help='--network: exponent of the EDM step spacing', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True),
+        click.option('--S_churn', 'S_churn',      help='--network: churn, noise re-added over all steps', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
+        click.option('--S_min', 'S_min',          help='--network: churn only where sigma >= this', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
+        click.option('--S_max', 'S_max',          help='--network: churn only where sigma <= this', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True),
+        click.option('--S_noise', 'S_noise',      help='--network: scale of the re-added noise', metavar='FLOAT', type=float, default=1, show_default=True),
+        click.option('--solver',                  help='--network, ablation: ODE solver', metavar='euler|heun', type=click.Choice(['euler', 'heun'])),
+        click.option('--disc', 'discretization',  help='--network, ablation: time steps', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm'])),
+        click.option('--schedule',                help='--network, ablation: noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear'])),
+        click.option('--scaling',                 help='--network, ablation: signal scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none'])),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+#----------------------------------------------------------------------------
+
 @main.command()
-@click.option('--images', 'image_path', help='Path to the images', metavar='PATH|ZIP', type=str, required=True)
+@click.option('--images', 'image_path', help='Path to the images (or --network)', metavar='PATH|ZIP', type=str)
+@click.option('--network', 'network_pkl', help='Generate the images in memory from this network snapshot (or --images)', metavar='PKL|URL', type=str)
 @click.option('--ref', 'ref_path',      help='Dataset reference statistics', metavar='NPZ|URL', type=str, required=True)
-@click.option('--num', 'num_expected',  help='Number of images to use', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
-@click.option('--allow-fewer',          help='Use all images when there are fewer than --num', is_flag=True)
-@click.option('--seed',                 help='Random seed for selecting the images', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--num', 'num_expected',  help='--images: number of images to use', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
+@click.option('--allow-fewer',          help='--images: use all images when there are fewer than --num', is_flag=True)
+@click.option('--seed',                 help='Random seed for selecting the images and the KID subsets', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--seeds',                help='--network: one image per seed', metavar='LIST', type=parse_int_list, default='0-49999', show_default=True)
+@click.option('--repeats',              help="--network: seed sets, each --seeds shifted by its span (EDM's protocol: 3)", metavar='INT', type=click.IntRange(min=1), default=1, show_default=True)
+@click.option('--class', 'class_idx',   help='--network: class of every image (conditional nets)  [default: random]', metavar='INT', type=click.IntRange(min=0))
 @click.option('--batch',                help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--kid',                  help='Also compute KID (needs a reference made with --features)', is_flag=True)
 @click.option('--kid-subsets',          help='KID: number of random subsets', metavar='INT', type=click.IntRange(min=1), default=100, show_default=True)
 @click.option('--kid-subset-size',      help='KID: maximum subset size', metavar='INT', type=click.IntRange(min=2), default=1000, show_default=True)
-@click.option('--detector',             help=_detector_help, metavar='PATH|URL', type=str)
-@click.option('--trust-code',           help=_trust_help, is_flag=True)
-@click.option('--workers',              help='Data loader processes  [default: min(3, cores - 1)]', metavar='INT', type=click.IntRange(min=0), default=_default_workers())
-@click.option('--device',               help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str)
-def calc(image_path, ref_path, num_expected, allow_fewer, seed, batch, kid, kid_subsets, kid_subset_size, detector, trust_code, workers, device):
-    """Calculate FID (and optionally KID) for a given set of images."""
-    dist, device, det, det_name = _setup(device, detector, workers, trust_code)
+@_sampler_options
+@_common_options('Load --detector and --network pickles with plain pickle.load, executing the code stored in them (only for files you trust)')
+def calc(image_path, network_pkl, ref_path, num_expected, allow_fewer, seed, seeds, repeats, class_idx, batch, kid,
+        kid_subsets, kid_subset_size, detector, trust_code, workers, device, **sampler_kwargs):
+    """Calculate FID (and optionally KID) for a set of images, or for a network's samples.
 
-    ref = None
-    if dist.get_rank() == 0:
-        ref = load_ref_stats(ref_path)
-        if (ref['detector'] == detectors.STANDIN_NAME) != (det_name == detectors.STANDIN_NAME):
-            raise click.ClickException(f'{ref_path} was computed with detector "{ref["detector"]}" but this run uses "{det_name}"; use the same detector for both')
-        if ref['mu'].shape[0] != detectors.detector_feature_dim(det):
-            raise click.ClickException(f'{ref_path} holds {ref["mu"].shape[0]}-d statistics, the detector gives {detectors.detector_feature_dim(det)}-d features')
-        if kid and 'features' not in ref:
-            raise click.ClickException(f'--kid needs reference features, but {ref_path} has only mu/sigma; make it with "fid.py ref --features"')
+    With --network the images are generated batch by batch and fed to the detector directly,
+    quantised exactly as generate.py saves them, with generate.py's seed rule and sampler
+    options. --repeats=3 gives EDM's protocol (seeds 0-49999, 50000-99999, 100000-149999):
+    each FID, their mean +- sample std, and the minimum.
+    """
+    if (image_path is None) == (network_pkl is None):
+        raise click.UsageError('Give exactly one of --images and --network')
+    if network_pkl is not None and len(seeds) < 2:
+        raise click.BadParameter('FID needs at least 2 seeds', param_hint='--seeds')
+    device, det, det_name = _setup(device, detector, workers, trust_code)
+    ref = _load_ref(ref_path, det, det_name, kid)
 
-    stats = calculate_inception_stats(image_path=image_path, detector=det, num_expected=num_expected, seed=seed,
-        max_batch_size=batch, num_workers=workers, device=device, allow_fewer=allow_fewer, return_features=kid)
-    if dist.get_rank() == 0:
-        fid = calculate_fid_from_inception_stats(stats[0], stats[1], ref['mu'], ref['sigma'])
-        print(f'{_label(det_name, "FID")}: {fid:g}' if det_name == detectors.STANDIN_NAME else f'{fid:g}')
-        if kid:
-            value = calculate_kid(stats[2], ref['features'], num_subsets=kid_subsets, max_subset_size=kid_subset_size, seed=seed)
-            print(f'{_label(det_name, "KID")}: {value:g}')
+    if image_path is not None:
+        stats = _run(calculate_inception_stats, image_path=image_path, detector=det, num_expected=num_expected, seed=seed,
+            max_batch_size=batch, num_workers=workers, device=device, allow_fewer=allow_fewer, return_features=kid)
+        if dist.get_rank() == 0:
+            _report(stats, ref, det_name, kid, kid_subsets, kid_subset_size, seed)
+    else:
+        from edm_spectral.cli import load_snapshot_option
+        dist.print0(f'Loading network from "{network_pkl}"...')
+        net = load_snapshot_option(network_pkl, '--network', trust_code=trust_code, device=device)['ema']
+        if class_idx is not None and not class_idx < net.label_dim:
+            raise click.BadParameter(f'{class_idx} is not a class of this network ' + (f'(it has {net.label_dim} classes)'
+                if net.label_dim else '(it is unconditional; leave out --class)'), param_hint='--class')
+        fids = []
+        for set_seeds in fid_stats.repeated_seed_sets(seeds, repeats):
+            desc = _describe_seeds(set_seeds)
+            dist.print0(f'Generating {len(set_seeds)} images (seeds {desc}) and calculating statistics...')
+            stats = _run(fid_stats.calculate_network_stats, net=net, seeds=set_seeds, detector=det, max_batch_size=batch,
+                device=device, class_idx=class_idx, return_features=kid, progress_desc=f'seeds {desc}', **sampler_kwargs)
+            if dist.get_rank() == 0:
+                fids.append(_report(stats, ref, det_name, kid, kid_subsets, kid_subset_size, seed,
+                    suffix=(f' of seeds {desc}' if repeats > 1 else '')))
+        if dist.get_rank() == 0 and repeats > 1:
+            print(f'{_label(det_name, "FID")} over {repeats} seed sets: mean {np.mean(fids):g} +- std {np.std(fids, ddof=1):g}, min {np.min(fids):g}')
     dist.barrier()
+    dist.shutdown()
 
 #----------------------------------------------------------------------------
 
@@ -257,25 +235,18 @@ def calc(image_path, ref_path, num_expected, allow_fewer, seed, batch, kid, kid_
 @click.option('--dest', 'dest_path',    help='Destination .npz file', metavar='NPZ', type=str, required=True)
 @click.option('--batch',                help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--features',             help='Also store all features (float32), needed for KID', is_flag=True)
-@click.option('--detector',             help=_detector_help, metavar='PATH|URL', type=str)
-@click.option('--trust-code',           help=_trust_help, is_flag=True)
-@click.option('--workers',              help='Data loader processes  [default: min(3, cores - 1)]', metavar='INT', type=click.IntRange(min=0), default=_default_workers())
-@click.option('--device',               help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str)
+@_common_options('Load a --detector pickle with plain pickle.load, executing the code stored in it (only for files you trust)')
 def ref(dataset_path, dest_path, batch, features, detector, trust_code, workers, device):
     """Calculate dataset reference statistics needed by 'calc'."""
-    dist, device, det, det_name = _setup(device, detector, workers, trust_code)
-    stats = calculate_inception_stats(image_path=dataset_path, detector=det, max_batch_size=batch,
+    device, det, det_name = _setup(device, detector, workers, trust_code)
+    stats = _run(calculate_inception_stats, image_path=dataset_path, detector=det, max_batch_size=batch,
         num_workers=workers, device=device, return_features=features)
     if dist.get_rank() == 0:
-        if os.path.dirname(dest_path):
-            os.makedirs(os.path.dirname(dest_path), exist_ok=True)
-        extra = dict(features=stats[2]) if features else {}
-        if det_name != detectors.DETECTOR_NAME:
-            extra['detector'] = np.array(det_name)
         dist.print0(f'Saving dataset reference statistics to "{dest_path}"...')
-        np.savez(dest_path, mu=stats[0], sigma=stats[1], **extra)
+        fid_stats.save_ref_stats(dest_path, stats[0], stats[1], features=(stats[2] if features else None), detector_name=det_name)
     dist.barrier()
     dist.print0('Done.')
+    dist.shutdown()
 
 #----------------------------------------------------------------------------
 

@@ -1,0 +1,185 @@
+"""fid.py calc --network: FID of a network's samples generated in memory equals the two-step route
+(generate.py PNGs, then fid.py calc --images), EDM's repeated seed sets, two Gloo processes
+against one, and the CLI's errors. All with the stand-in detector: the values are NOT FIDs."""
+
+import os
+import pickle
+import re
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import fid  # noqa: E402 (repository root script)
+import generate  # noqa: E402
+from edm_spectral import fid_stats  # noqa: E402
+
+COMMON = ['--detector=standin', '--workers=0', '--device=cpu']
+
+#----------------------------------------------------------------------------
+# A tiny real network snapshot, with weights moved off their (partly zero) init.
+
+def _make_snapshot(path, channels=3, label_dim=0):
+    from training.networks import EDMPrecond
+    from edm_spectral.checkpoints import save_snapshot
+    net = EDMPrecond(img_resolution=8, img_channels=channels, label_dim=label_dim, model_type='SongUNet',
+        model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    save_snapshot(str(path), net, dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset'))
+    return net.eval()
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp('fidnet')
+    nets = dict(rgb=str(root / 'rgb.pkl'), gray=str(root / 'gray-cond.pkl'))
+    _make_snapshot(nets['rgb'])
+    _make_snapshot(nets['gray'], channels=1, label_dim=4)
+    # Reference statistics (with features, for KID) of random 8x8 images.
+    rnd = np.random.RandomState(0)
+    os.makedirs(root / 'data')
+    for i in range(30):
+        PIL.Image.fromarray(rnd.randint(0, 256, size=[8, 8, 3], dtype=np.uint8)).save(root / 'data' / f'{i:03d}.png')
+    ref = str(root / 'ref.npz')
+    r = _invoke(fid.main, ['ref', f'--data={root / "data"}', f'--dest={ref}', '--features'] + COMMON)
+    assert r.exit_code == 0, r.output
+    return dict(root=root, nets=nets, ref=ref)
+
+def _invoke(cli, args):
+    return CliRunner().invoke(cli, args)
+
+_value = r'([-+0-9.e]+|nan|inf)'
+
+def _values(output, metric='FID'):
+    return [float(v) for v in re.findall(rf'^{metric} \(stand-in[^)]*\)(?: of seeds [^:]*)?: {_value}$', output, re.M)]
+
+#----------------------------------------------------------------------------
+# The in-memory route gives the same features, hence the same FID and KID, as writing PNGs with
+# generate.py and reading them back: the images are quantised exactly as generate.py saves them.
+
+@pytest.mark.filterwarnings('ignore:Matrix is singular')   # 20 images, 256-d features
+@pytest.mark.parametrize('net, options', [
+    ('rgb',  ['--steps=3', '--S_churn=5']),
+    ('gray', ['--steps=3', '--class=2', '--solver=euler', '--disc=vp', '--schedule=vp', '--scaling=vp']),
+])
+def test_network_fid_equals_images_fid_of_generate_output(setup, tmp_path, net, options):
+    network = setup['nets'][net]
+    r = _invoke(generate.main, [f'--network={network}', f'--outdir={tmp_path / "png"}', '--seeds=0-19', '--batch=8', '--device=cpu'] + options)
+    assert r.exit_code == 0, r.output
+    r = _invoke(fid.main, ['calc', f'--images={tmp_path / "png"}', f'--ref={setup["ref"]}', '--num=20', '--batch=8', '--kid'] + COMMON)
+    assert r.exit_code == 0, r.output
+    from_images = (_values(r.stdout), _values(r.stdout, "KID"))
+    r = _invoke(fid.main, ['calc', f'--network={network}', '--seeds=0-19', f'--ref={setup["ref"]}', '--batch=8', '--kid'] + COMMON + options)
+    assert r.exit_code == 0, r.output
+    from_network = (_values(r.stdout), _values(r.stdout, "KID"))
+    assert len(from_images[0]) == 1 and len(from_images[1]) == 1
+    assert from_network == from_images
+    assert from_network[0][0] > 0
+
+    # The library functions behind both: identical features, in seed order.
+    from edm_spectral.checkpoints import load_network
+    from edm_spectral.detectors import StandinDetector
+    sampler = dict(num_steps=3, S_churn=5) if net == 'rgb' else dict(num_steps=3, solver='euler', discretization='vp', schedule='vp', scaling='vp')
+    mem = fid_stats.calculate_network_stats(load_network(network), range(20), detector=StandinDetector(), max_batch_size=8,
+        device='cpu', class_idx=(2 if net == 'gray' else None), return_features=True, progress=False, **sampler)
+    png = fid_stats.calculate_inception_stats(str(tmp_path / 'png'), detector=StandinDetector(), max_batch_size=8, num_workers=0,
+        device='cpu', return_features=True)
+    for a, b in zip(mem, png):
+        np.testing.assert_array_equal(a, b)
+
+#----------------------------------------------------------------------------
+# --repeats: EDM's seed sets (the given range shifted by its length), each FID, mean +- std, min.
+
+def test_repeated_seed_sets():
+    assert fid_stats.repeated_seed_sets(range(0, 50000), 3)[2][:2] == [100000, 100001]
+    assert [s[-1] for s in fid_stats.repeated_seed_sets(range(50000), 3)] == [49999, 99999, 149999]
+    assert fid_stats.repeated_seed_sets([3, 5], 2) == [[3, 5], [6, 8]]   # shifted by the span: the sets never overlap
+    with pytest.raises(ValueError):
+        fid_stats.repeated_seed_sets([], 3)
+
+@pytest.mark.filterwarnings('ignore:Matrix is singular')
+def test_repeats_report_each_set_mean_std_and_min(setup):
+    args = ['calc', f'--network={setup["nets"]["rgb"]}', f'--ref={setup["ref"]}', '--steps=2', '--batch=5'] + COMMON
+    r = _invoke(fid.main, args + ['--seeds=0-5', '--repeats=3'])
+    assert r.exit_code == 0, r.output
+    fids = _values(r.stdout)
+    assert len(fids) == 3 and len(set(fids)) == 3
+    assert 'of seeds 0-5:' in r.output and 'of seeds 6-11:' in r.output and 'of seeds 12-17:' in r.output
+    summary = re.search(rf'over 3 seed sets: mean {_value} \+- std {_value}, min {_value}', r.output)
+    assert summary, r.output
+    mean, std, low = (float(v) for v in summary.groups())
+    assert mean == pytest.approx(np.mean(fids), rel=1e-5) and low == min(fids)
+    assert std == pytest.approx(np.std(fids, ddof=1), rel=1e-3)   # of the printed (6-digit) FIDs: sample std
+    # The third set is the same as asking for its seeds directly.
+    r = _invoke(fid.main, args + ['--seeds=12-17'])
+    assert r.exit_code == 0, r.output
+    assert _values(r.stdout) == [fids[2]]
+
+#----------------------------------------------------------------------------
+# Errors: one clear message each.
+
+def test_network_cli_errors(setup, tmp_path):
+    marker = tmp_path / 'payload-ran'
+    class Hostile:
+        def __reduce__(self):
+            return (exec, (f'open({str(marker)!r}, "w")',))
+    with open(tmp_path / 'evil.pkl', 'wb') as f:
+        pickle.dump(Hostile(), f)
+    net, ref = setup['nets']['rgb'], f'--ref={setup["ref"]}'
+    cases = [
+        ([ref], 'exactly one of --images and --network'),
+        ([ref, f'--network={net}', f'--images={tmp_path}'], 'exactly one of --images and --network'),
+        ([ref, f'--network={net}', '--seeds=4'], 'at least 2 seeds'),
+        ([ref, f'--network={net}', '--seeds=0-3', '--class=1'], 'unconditional'),
+        ([ref, f'--network={setup["nets"]["gray"]}', '--seeds=0-3', '--class=4'], '4 classes'),
+        ([ref, f'--network={tmp_path / "missing.pkl"}'], 'not found'),
+        ([ref, f'--network={tmp_path / "evil.pkl"}', '--seeds=0-3'], 'cannot load network snapshot'),
+        ([ref, f'--network={net}', '--seeds=0-3', '--steps=1'], '--steps'),
+    ]
+    for args, message in cases:
+        r = _invoke(fid.main, ['calc'] + args + COMMON)
+        assert r.exit_code != 0 and message in r.output, (args, r.output)
+        assert not isinstance(r.exception, (AttributeError, IndexError, TypeError, KeyError)), r.exception
+    assert not marker.exists()
+
+#----------------------------------------------------------------------------
+# Two CPU processes under torchrun (Gloo) give the FID and KID of one process.
+
+@pytest.mark.filterwarnings('ignore:Matrix is singular')
+def test_torchrun_two_processes_match_single_process(setup):
+    args = ['calc', f'--network={setup["nets"]["rgb"]}', '--seeds=0-12', '--batch=3', '--steps=3', '--S_churn=5',
+        f'--ref={setup["ref"]}', '--kid'] + COMMON
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'fid.py'] + args,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = _invoke(fid.main, args)
+    assert r.exit_code == 0, r.output
+    two, one = (_values(proc.stdout), _values(proc.stdout, "KID")), (_values(r.stdout), _values(r.stdout, "KID"))
+    assert len(one[0]) == 1 and len(one[1]) == 1 and len(two[0]) == 1   # printed once, by rank 0
+    assert two[0][0] == pytest.approx(one[0][0], rel=1e-6)   # float64 sums in another order
+    assert two[1] == one[1]                                  # KID reads the gathered features, in seed order
+
+#----------------------------------------------------------------------------
+
+# A reference that rank 0 refuses stops every rank at once (rank 1 would otherwise wait for
+# rank 0 at the network load): one error line, a non-zero exit, no hang.
+def test_torchrun_bad_reference_exits_every_rank(setup, tmp_path):
+    np.savez(tmp_path / 'inception.npz', mu=np.zeros(8), sigma=np.eye(8))   # no 'detector' key: Inception statistics
+    args = ['calc', f'--network={setup["nets"]["rgb"]}', '--seeds=0-3', f'--ref={tmp_path / "inception.npz"}'] + COMMON
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'fid.py'] + args,
+        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith('Error: ')]
+    assert len(errors) == 1 and 'same detector' in errors[0], proc.stdout + proc.stderr
+    assert 'fid.py", line' not in proc.stderr, proc.stderr   # no worker traceback (torchrun prints its own)
+
+#----------------------------------------------------------------------------
