@@ -11,7 +11,7 @@ import torch
 from edm_spectral import detectors, fid_stats
 from edm_spectral.fid_stats import calculate_fid_from_inception_stats, calculate_inception_stats, calculate_kid, load_ref_stats  # noqa: F401 (EDM's names, importable from fid)
 from torch_utils import distributed as dist
-from generate import parse_int_list  # to be imported from training.sampling once the samplers move there (issue 11)
+from training.sampling import parse_int_list
 
 #----------------------------------------------------------------------------
 

@@ -10,15 +10,9 @@ import numpy as np
 import PIL.Image
 import torch
 
+from training.sampling import to_uint8  # EDM's quantisation; re-exported for the CLIs
+
 _IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.ppm', '.tif', '.tiff')
-
-#----------------------------------------------------------------------------
-# EDM's output quantisation: [-1, 1] -> x * 127.5 + 128, clipped, cast (truncating) to uint8.
-
-def to_uint8(x):
-    if isinstance(x, np.ndarray):
-        return np.clip(x * 127.5 + 128, 0, 255).astype(np.uint8)
-    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
 
 #----------------------------------------------------------------------------
 # Bring a batch of images to a numpy uint8 array [N, C, H, W] with 1 or 3 channels.

@@ -233,7 +233,7 @@ def load_array_images(path):
 
 def generate_network_images(network, seeds, device, batch=64, **sampler_kwargs):
     from edm_spectral.checkpoints import load_network
-    from generate import generate_images
+    from training.sampling import generate_images
     try:
         net = load_network(network, device=device)
     except (OSError, ValueError, RuntimeError) as e:

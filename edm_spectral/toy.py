@@ -116,7 +116,7 @@ def train_ddpm(run_dir, data_dir, cfg, spectral_kwargs, seed, device):
 
 def sample_ddim(snapshot_path, num_samples, num_steps, device):
     from edm_spectral.checkpoints import load_network
-    from generate import generate_images
+    from training.sampling import generate_images
     net = load_network(snapshot_path, device=device)
     return generate_images(net, seeds=list(range(num_samples)), device=device, max_batch_size=64,
         num_steps=num_steps, solver='euler', discretization='vp', schedule='vp', scaling='vp')

@@ -1,4 +1,4 @@
-"""Tests for generate.py (EDM and ablation samplers, per-seed RNG, CLI) and edm_spectral/images.py."""
+"""Tests for training/sampling.py (samplers, per-seed RNG, seed batching), generate.py (CLI) and edm_spectral/images.py."""
 
 import itertools
 import math
@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import generate  # noqa: E402
+from training import sampling  # noqa: E402
 from edm_spectral import images as img  # noqa: E402
 
 ALL_CONFIGS = list(itertools.product(['euler', 'heun'], ['vp', 've', 'iddpm', 'edm'], ['vp', 've', 'linear'], ['vp', 'none']))
@@ -69,24 +70,24 @@ def gaussian_error(sampler, **kwargs):
 # Noise levels and network calls.
 
 def test_edm_sigma_steps_known_values():
-    s = generate.edm_sigma_steps(18, 0.002, 80, 7)
+    s = sampling.edm_sigma_steps(18, 0.002, 80, 7)
     assert s.dtype == torch.float64 and s.shape == (18,)
     assert s[0].item() == pytest.approx(80, rel=1e-12) and s[-1].item() == pytest.approx(0.002, rel=1e-12)
     assert torch.all(s[1:] < s[:-1])
-    mid = generate.edm_sigma_steps(3, 0.002, 80, 7)[1].item()
+    mid = sampling.edm_sigma_steps(3, 0.002, 80, 7)[1].item()
     assert mid == pytest.approx(2.5152190, rel=1e-6)  # ((80^(1/7) + 0.002^(1/7)) / 2)^7
 
 def test_edm_sampler_calls_and_levels():
     net = GaussianDenoiser()
-    generate.edm_sampler(net, latents(), num_steps=6)
-    levels = generate.edm_sigma_steps(6, 0.002, 80, 7).tolist()
+    sampling.edm_sampler(net, latents(), num_steps=6)
+    levels = sampling.edm_sigma_steps(6, 0.002, 80, 7).tolist()
     expected = [levels[0]] + [s for s in levels[1:] for _ in range(2)]  # Heun: each t_next twice, 2N-1 calls
     assert net.sigmas == pytest.approx(expected, rel=1e-6)
 
 def test_sigma_range_clamped_to_network():
     net = GaussianDenoiser()
     net.sigma_min, net.sigma_max = 0.01, 20.0
-    generate.edm_sampler(net, latents(), num_steps=5)
+    sampling.edm_sampler(net, latents(), num_steps=5)
     assert net.sigmas[0] == pytest.approx(20.0) and net.sigmas[-1] == pytest.approx(0.01)
 
 @pytest.mark.parametrize('disc,first,last', [
@@ -94,26 +95,26 @@ def test_sigma_range_clamped_to_network():
     ('ve', 100, 0.02), ('edm', 80, 0.002)])
 def test_ablation_default_ranges(disc, first, last):
     net = GaussianDenoiser()
-    generate.ablation_sampler(net, latents(), num_steps=8, solver='euler', discretization=disc)
+    sampling.ablation_sampler(net, latents(), num_steps=8, solver='euler', discretization=disc)
     assert len(net.sigmas) == 8
     assert net.sigmas[0] == pytest.approx(first, rel=1e-6) and net.sigmas[-1] == pytest.approx(last, rel=1e-5)
 
 def test_iddpm_levels_match_network_buffer():
     from training.networks import iDDPMPrecond
     pre = iDDPMPrecond(img_resolution=8, img_channels=1, model_channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[])
-    u = generate.iddpm_sigma_levels(M=1000)
+    u = sampling.iddpm_sigma_levels(M=1000)
     assert u.dtype == torch.float64 and u[-1] == 0 and torch.all(u[1:] < u[:-1])
     assert torch.allclose(u.float(), pre.u, rtol=2e-4, atol=0)  # the network recurses in float32, the sampler in float64
     net = GaussianDenoiser()
-    generate.ablation_sampler(net, latents(), num_steps=10, solver='euler', discretization='iddpm')
+    sampling.ablation_sampler(net, latents(), num_steps=10, solver='euler', discretization='iddpm')
     on_grid = lambda s: (u - s).abs().min().item() < 1e-5 * s
     assert net.sigmas[0] <= 81 and net.sigmas[-1] >= 0.002 and all(on_grid(s) for s in net.sigmas)
 
 def test_samplers_only_query_rounded_sigmas():
     grid = torch.logspace(-3, 2, 40, dtype=torch.float64)
-    for sampler, kwargs in [(generate.edm_sampler, {}), (generate.ablation_sampler, dict(solver='heun'))]:
+    for sampler, kwargs in [(sampling.edm_sampler, {}), (sampling.ablation_sampler, dict(solver='heun'))]:
         net = GaussianDenoiser(sigma_grid=grid)
-        rnd = generate.StackedRandomGenerator('cpu', [0, 1, 2, 3])
+        rnd = sampling.StackedRandomGenerator('cpu', [0, 1, 2, 3])
         sampler(net, latents(), randn_like=rnd.randn_like, num_steps=12, S_churn=5, **kwargs)
         assert all((grid - s).abs().min().item() <= 1e-6 * s for s in net.sigmas)
 
@@ -121,34 +122,34 @@ def test_samplers_only_query_rounded_sigmas():
 # Known answers on Gaussian data.
 
 def test_edm_sampler_recovers_gaussian():
-    err, net = gaussian_error(generate.edm_sampler, num_steps=128)
+    err, net = gaussian_error(sampling.edm_sampler, num_steps=128)
     assert abs(err) < 2e-3
     assert len(net.sigmas) == 2 * 128 - 1
 
 def test_edm_sampler_matches_ablation_edm_config():
     for S_churn in [0, 30]:
         z = latents(n=3)
-        a = generate.edm_sampler(GaussianDenoiser(), z, randn_like=generate.StackedRandomGenerator('cpu', [5, 6, 7]).randn_like,
+        a = sampling.edm_sampler(GaussianDenoiser(), z, randn_like=sampling.StackedRandomGenerator('cpu', [5, 6, 7]).randn_like,
             num_steps=10, S_churn=S_churn)
-        b = generate.ablation_sampler(GaussianDenoiser(), z, randn_like=generate.StackedRandomGenerator('cpu', [5, 6, 7]).randn_like,
+        b = sampling.ablation_sampler(GaussianDenoiser(), z, randn_like=sampling.StackedRandomGenerator('cpu', [5, 6, 7]).randn_like,
             num_steps=10, S_churn=S_churn, solver='heun', discretization='edm', schedule='linear', scaling='none')
         assert a.dtype == b.dtype == torch.float64
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 def test_convergence_order():
     # Heun's global error falls ~4x per step doubling, Euler's ~2x.
-    heun = [abs(gaussian_error(generate.edm_sampler, num_steps=n)[0]) for n in (18, 36, 72)]
+    heun = [abs(gaussian_error(sampling.edm_sampler, num_steps=n)[0]) for n in (18, 36, 72)]
     assert 3.3 < heun[0] / heun[1] < 5.5 and 3.3 < heun[1] / heun[2] < 5.5
     ddim = dict(solver='euler', discretization='vp', schedule='vp', scaling='vp')
-    euler = [abs(gaussian_error(generate.ablation_sampler, num_steps=n, **ddim)[0]) for n in (36, 72, 144)]
+    euler = [abs(gaussian_error(sampling.ablation_sampler, num_steps=n, **ddim)[0]) for n in (36, 72, 144)]
     assert 1.6 < euler[0] / euler[1] < 2.4 and 1.6 < euler[1] / euler[2] < 2.4
 
 @pytest.mark.parametrize('solver,disc,schedule,scaling', ALL_CONFIGS)
 def test_ablation_converges_to_gaussian(solver, disc, schedule, scaling):
     # Every configuration integrates the same ODE; its error is small or shrinks with more steps.
     kw = dict(solver=solver, discretization=disc, schedule=schedule, scaling=scaling)
-    coarse, _ = gaussian_error(generate.ablation_sampler, num_steps=64, **kw)
-    fine, net = gaussian_error(generate.ablation_sampler, num_steps=256, **kw)
+    coarse, _ = gaussian_error(sampling.ablation_sampler, num_steps=64, **kw)
+    fine, net = gaussian_error(sampling.ablation_sampler, num_steps=256, **kw)
     assert abs(fine) < 2e-3 or abs(fine) < abs(coarse) / 3, (coarse, fine)
     assert abs(fine) < 0.35
     assert len(net.sigmas) == (256 if solver == 'euler' else 2 * 256 - 1)
@@ -156,15 +157,15 @@ def test_ablation_converges_to_gaussian(solver, disc, schedule, scaling):
 def test_stochastic_sampler_statistics():
     # With churn the images are no longer a fixed multiple of the latents, yet the data std is kept.
     net, z = GaussianDenoiser(), latents(n=256)
-    rnd = generate.StackedRandomGenerator('cpu', range(256))
-    x = generate.edm_sampler(net, z, randn_like=rnd.randn_like, num_steps=64, S_churn=40, S_min=0.05, S_max=50)
+    rnd = sampling.StackedRandomGenerator('cpu', range(256))
+    x = sampling.edm_sampler(net, z, randn_like=rnd.randn_like, num_steps=64, S_churn=40, S_min=0.05, S_max=50)
     assert abs(x.std().item() - 0.5) < 0.015 and abs(x.mean().item()) < 0.01
     assert np.corrcoef(x.flatten().numpy(), z.flatten().numpy())[0, 1] < 0.95
 
 #----------------------------------------------------------------------------
 # Every configuration runs with churn, is deterministic per seed, and draws noise once per step.
 
-class CountingRandom(generate.StackedRandomGenerator):
+class CountingRandom(sampling.StackedRandomGenerator):
     def __init__(self, *args):
         super().__init__(*args)
         self.calls = 0
@@ -181,9 +182,9 @@ def test_all_configs_deterministic(churn):
             rnd = CountingRandom('cpu', [11, 12])
             kw = dict(randn_like=rnd.randn_like, num_steps=5, S_churn=churn)
             if solver == 'edm':
-                x = generate.edm_sampler(GaussianDenoiser(), latents(n=2, seed=3), **kw)
+                x = sampling.edm_sampler(GaussianDenoiser(), latents(n=2, seed=3), **kw)
             else:
-                x = generate.ablation_sampler(GaussianDenoiser(), latents(n=2, seed=3), solver=solver,
+                x = sampling.ablation_sampler(GaussianDenoiser(), latents(n=2, seed=3), solver=solver,
                     discretization=disc, schedule=schedule, scaling=scaling, **kw)
             assert rnd.calls == 5 and x.dtype == torch.float64 and torch.isfinite(x).all()
             outs.append(x)
@@ -193,8 +194,8 @@ def test_all_configs_deterministic(churn):
 
 def test_churn_changes_result_only_when_enabled():
     z = latents(n=2)
-    run = lambda **kw: generate.edm_sampler(GaussianDenoiser(), z, num_steps=8,
-        randn_like=generate.StackedRandomGenerator('cpu', [1, 2]).randn_like, **kw)
+    run = lambda **kw: sampling.edm_sampler(GaussianDenoiser(), z, num_steps=8,
+        randn_like=sampling.StackedRandomGenerator('cpu', [1, 2]).randn_like, **kw)
     base = run()
     assert torch.equal(base, run(S_churn=10, S_min=1000))      # outside [S_min, S_max]: no churn
     assert not torch.allclose(base, run(S_churn=10), atol=1e-3)
@@ -202,17 +203,17 @@ def test_churn_changes_result_only_when_enabled():
 def test_sampler_argument_errors():
     net, z = GaussianDenoiser(), latents()
     with pytest.raises(ValueError, match='solver'):
-        generate.ablation_sampler(net, z, solver='rk4')
+        sampling.ablation_sampler(net, z, solver='rk4')
     with pytest.raises(ValueError, match='discretization'):
-        generate.ablation_sampler(net, z, discretization='cosine')
+        sampling.ablation_sampler(net, z, discretization='cosine')
     with pytest.raises(ValueError, match='num_steps'):
-        generate.edm_sampler(net, z, num_steps=1)
+        sampling.edm_sampler(net, z, num_steps=1)
 
 #----------------------------------------------------------------------------
 # Per-seed random streams, seed lists and the split over ranks.
 
 def test_stacked_random_generator_known_answer():
-    rnd = generate.StackedRandomGenerator('cpu', [7, 2 ** 32 + 9])
+    rnd = sampling.StackedRandomGenerator('cpu', [7, 2 ** 32 + 9])
     x = rnd.randn([2, 3, 4])
     assert torch.equal(x[0], torch.randn([3, 4], generator=torch.Generator().manual_seed(7)))
     assert torch.equal(x[1], torch.randn([3, 4], generator=torch.Generator().manual_seed(9)))  # seed % 2**32
@@ -226,19 +227,19 @@ def test_stacked_random_generator_known_answer():
         rnd.randn([3, 4])
 
 def test_parse_int_list():
-    assert generate.parse_int_list('0-3,10') == [0, 1, 2, 3, 10]
-    assert generate.parse_int_list('5') == [5]
-    assert generate.parse_int_list([1, 2]) == [1, 2]
+    assert sampling.parse_int_list('0-3,10') == [0, 1, 2, 3, 10]
+    assert sampling.parse_int_list('5') == [5]
+    assert sampling.parse_int_list([1, 2]) == [1, 2]
     for bad in ['', '1,,2', 'a', '3-1', '-1', '1-2-3']:
         with pytest.raises(ValueError):
-            generate.parse_int_list(bad)
+            sampling.parse_int_list(bad)
 
 def test_split_seeds():
-    rank0 = [b.tolist() for b in generate.split_seeds(list(range(10)), 3, rank=0, world_size=2)]
-    rank1 = [b.tolist() for b in generate.split_seeds(list(range(10)), 3, rank=1, world_size=2)]
+    rank0 = [b.tolist() for b in sampling.split_seeds(list(range(10)), 3, rank=0, world_size=2)]
+    rank1 = [b.tolist() for b in sampling.split_seeds(list(range(10)), 3, rank=1, world_size=2)]
     assert rank0 == [[0, 1, 2], [6, 7]] and rank1 == [[3, 4, 5], [8, 9]]
     for n, batch, world in [(1, 1, 1), (7, 64, 3), (100, 8, 4), (65, 64, 1)]:
-        parts = [generate.split_seeds(list(range(n)), batch, r, world) for r in range(world)]
+        parts = [sampling.split_seeds(list(range(n)), batch, r, world) for r in range(world)]
         assert len({len(p) for p in parts}) == 1                         # same iteration count on every rank
         assert sorted(s for p in parts for b in p for s in b.tolist()) == list(range(n))
         assert max(len(b) for p in parts for b in p) <= batch
@@ -248,43 +249,43 @@ def test_split_seeds():
 
 def test_generate_images_batch_independent():
     net = GaussianDenoiser(channels=3, resolution=4)
-    a = generate.generate_images(net, seeds=range(8), device='cpu', max_batch_size=8, num_steps=6, S_churn=5)
-    b = generate.generate_images(net, seeds='0-7', device='cpu', max_batch_size=3, num_steps=6, S_churn=5)
+    a = sampling.generate_images(net, seeds=range(8), device='cpu', max_batch_size=8, num_steps=6, S_churn=5)
+    b = sampling.generate_images(net, seeds='0-7', device='cpu', max_batch_size=3, num_steps=6, S_churn=5)
     assert a.dtype == torch.uint8 and a.shape == (8, 3, 4, 4) and torch.equal(a, b)
-    one = generate.generate_images(net, seeds=[5], device='cpu', num_steps=6, S_churn=5)
+    one = sampling.generate_images(net, seeds=[5], device='cpu', num_steps=6, S_churn=5)
     assert torch.equal(one[0], a[5])
     z = torch.randn([3, 4, 4], generator=torch.Generator().manual_seed(5))[None]
-    rnd = generate.StackedRandomGenerator('cpu', [5])
+    rnd = sampling.StackedRandomGenerator('cpu', [5])
     rnd.randn([1, 3, 4, 4])
-    manual = generate.edm_sampler(net, z, randn_like=rnd.randn_like, num_steps=6, S_churn=5)
+    manual = sampling.edm_sampler(net, z, randn_like=rnd.randn_like, num_steps=6, S_churn=5)
     assert torch.equal(img.to_uint8(manual)[0], one[0])
 
 def test_generate_images_ablation_selection():
     net = GaussianDenoiser()
-    generate.generate_images(net, seeds=[0], device='cpu', num_steps=5)
+    sampling.generate_images(net, seeds=[0], device='cpu', num_steps=5)
     assert len(net.sigmas) == 9
     net.sigmas.clear()
-    generate.generate_images(net, seeds=[0], device='cpu', num_steps=5, solver='euler')
+    sampling.generate_images(net, seeds=[0], device='cpu', num_steps=5, solver='euler')
     assert len(net.sigmas) == 5
     net.sigmas.clear()
-    generate.generate_images(net, seeds=[0], device='cpu', num_steps=5, solver=None, sigma_max=None)  # None = default
+    sampling.generate_images(net, seeds=[0], device='cpu', num_steps=5, solver=None, sigma_max=None)  # None = default
     assert len(net.sigmas) == 9
 
 def test_generate_images_labels_drawn_after_latents():
     net = GaussianDenoiser(label_dim=10)
-    generate.generate_images(net, seeds=[3, 4], device='cpu', num_steps=3)
+    sampling.generate_images(net, seeds=[3, 4], device='cpu', num_steps=3)
     for i, seed in enumerate([3, 4]):
         g = torch.Generator().manual_seed(seed)
         torch.randn([1, 8, 8], generator=g)
         assert net.labels[0][i].argmax().item() == torch.randint(10, size=[], generator=g).item()
         assert net.labels[0][i].sum().item() == 1
     net.labels.clear()
-    generate.generate_images(net, seeds=[3, 4], device='cpu', num_steps=3, class_idx=7)
+    sampling.generate_images(net, seeds=[3, 4], device='cpu', num_steps=3, class_idx=7)
     assert net.labels[0].argmax(1).tolist() == [7, 7] and net.labels[0].sum().item() == 2
     with pytest.raises(ValueError, match='label_dim=10'):
-        generate.generate_images(net, seeds=[0], device='cpu', class_idx=10)
+        sampling.generate_images(net, seeds=[0], device='cpu', class_idx=10)
     with pytest.raises(ValueError, match='unconditional'):
-        generate.generate_images(GaussianDenoiser(), seeds=[0], device='cpu', class_idx=0)
+        sampling.generate_images(GaussianDenoiser(), seeds=[0], device='cpu', class_idx=0)
 
 #----------------------------------------------------------------------------
 # edm_spectral.images
@@ -369,7 +370,7 @@ def test_cli_batch_independent_and_matches_library(snapshot, tmp_path):
     a, b = read_pngs(tmp_path / 'b8', range(8)), read_pngs(tmp_path / 'b3', range(8))
     assert a.shape == (8, 8, 8, 3) and np.array_equal(a, b)
     assert len({x.tobytes() for x in a}) == 8
-    lib = generate.generate_images(net, seeds=range(8), device='cpu', num_steps=4)
+    lib = sampling.generate_images(net, seeds=range(8), device='cpu', num_steps=4)
     assert np.array_equal(lib.permute(0, 2, 3, 1).numpy(), a)
 
 def test_cli_ablation_grid_and_subdirs(snapshot, tmp_path):
@@ -382,7 +383,7 @@ def test_cli_ablation_grid_and_subdirs(snapshot, tmp_path):
     assert sorted(os.listdir(tmp_path / '001000')) == ['001000.png', '001001.png']
     assert os.listdir(tmp_path / '002000') == ['002500.png']
     images = read_pngs(tmp_path, seeds, subdirs=True)
-    lib = generate.generate_images(net, seeds=seeds, device='cpu', num_steps=3, solver='euler', discretization='vp',
+    lib = sampling.generate_images(net, seeds=seeds, device='cpu', num_steps=3, solver='euler', discretization='vp',
         schedule='vp', scaling='vp')
     assert np.array_equal(lib.permute(0, 2, 3, 1).numpy(), images)
     grid = np.asarray(PIL.Image.open(tmp_path / 'grid.png'))

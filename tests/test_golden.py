@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-import generate as sampling
-from training import augment, loss, networks
+from training import augment, loss, networks, sampling
 
 GOLDEN = os.path.join(os.path.dirname(__file__), 'data', 'golden')
 with open(os.path.join(GOLDEN, 'index.json')) as _f:

@@ -233,7 +233,7 @@ def test_train_cli_end_to_end(tmp_path, labeled_data):
     safe = load_snapshot(snap_path)
     assert safe['loss_fn'].init_kwargs['spectral_kwargs']['wavelet'] == 'bior1.3'
     assert all(torch.equal(a, b) for a, b in zip(raw['ema'].state_dict().values(), safe['ema'].state_dict().values()))
-    from generate import generate_images
+    from training.sampling import generate_images
     images = generate_images(safe['ema'], [0, 1], device=torch.device('cpu'), num_steps=4)
     assert images.dtype == torch.uint8 and tuple(images.shape) == (2, 3, 8, 8)
 

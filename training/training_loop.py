@@ -99,7 +99,7 @@ def ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio):
 # does not change the training run.
 
 def _save_grid(net, grid_seeds, device, path):
-    from generate import generate_images
+    from training.sampling import generate_images
     from edm_spectral.images import save_image_grid
     devices = [device] if device.type == 'cuda' else []
     with torch.random.fork_rng(devices=devices):
