@@ -13,20 +13,19 @@ import urllib.request
 from typing import Any, Optional
 
 #----------------------------------------------------------------------------
-# Dict whose keys can also be read and written as attributes.
+# A dict whose items double as attributes: d.lr is d['lr'], d.lr = 1 sets
+# d['lr']. Dict methods and other real attributes win over items of the
+# same name; a missing item reads as AttributeError, so getattr(d, name,
+# default), hasattr() and copy/pickle behave as for any object.
 
 class EasyDict(dict):
     def __getattr__(self, name: str) -> Any:
-        try:
+        if name in self:
             return self[name]
-        except KeyError:
-            raise AttributeError(name)
+        raise AttributeError(name)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
-
-    def __delattr__(self, name: str) -> None:
-        del self[name]
+    __setattr__ = dict.__setitem__
+    __delattr__ = dict.__delitem__
 
 #----------------------------------------------------------------------------
 # Tee of sys.stdout and sys.stderr into a log file. Usable as a context

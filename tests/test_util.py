@@ -178,6 +178,10 @@ def test_infinite_sampler_start_idx_resumes_the_stream():
     # With ranks: rank r continues with the items whose global index is r mod W.
     part = _draw(misc.InfiniteSampler(data, rank=1, num_replicas=2, seed=5, start_idx=40), 20)
     assert part == full[41:81:2]
+    # A window too small to move anything: a fixed shuffled cycle.
+    fixed = _draw(misc.InfiniteSampler(data, seed=5, window_size=0.1), 40)
+    assert fixed[11:22] == fixed[:11] != data
+    assert _draw(misc.InfiniteSampler(data, seed=5, window_size=0.1, start_idx=13), 20) == fixed[13:33]
     with pytest.raises(ValueError):
         misc.InfiniteSampler([], seed=0)
     with pytest.raises(ValueError):
@@ -191,26 +195,25 @@ def test_copy_params_and_buffers():
     misc.copy_params_and_buffers(src, dst, require_all=True)
     for (n1, t1), (n2, t2) in zip(misc.named_params_and_buffers(src), misc.named_params_and_buffers(dst)):
         assert n1 == n2 and torch.equal(t1, t2)
-    assert len(misc.params_and_buffers(dst)) == 2 + 2 + 3
+    assert len(misc.named_params_and_buffers(dst)) == 2 + 2 + 3
     bigger = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
     misc.copy_params_and_buffers(src, bigger) # missing names allowed by default
     with pytest.raises(ValueError, match='lacks'):
         misc.copy_params_and_buffers(src, bigger, require_all=True)
     with pytest.raises(ValueError, match='shape mismatch'):
         misc.copy_params_and_buffers(src, torch.nn.Sequential(torch.nn.Linear(3, 5)))
+    # A failed copy changes nothing, not even the tensors that would fit.
+    narrow = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(5))
+    before = [t.clone() for _, t in misc.named_params_and_buffers(narrow)]
+    with pytest.raises(ValueError, match='shape mismatch'):
+        misc.copy_params_and_buffers(src, narrow)
+    assert all(torch.equal(a, b) for a, b in zip(before, (t for _, t in misc.named_params_and_buffers(narrow))))
 
 def test_ddp_sync_and_consistency_single_process():
     net = torch.nn.Linear(2, 2)
     with misc.ddp_sync(net, sync=False):
         net(torch.zeros(1, 2)).sum().backward()
     misc.check_ddp_consistency(net) # no process group: nothing to compare
-
-def test_assert_shape():
-    misc.assert_shape(torch.zeros(2, 3, 4), [2, None, 4])
-    with pytest.raises(AssertionError, match='dimension 1'):
-        misc.assert_shape(torch.zeros(2, 3, 4), [2, 5, 4])
-    with pytest.raises(AssertionError, match='number of dimensions'):
-        misc.assert_shape(torch.zeros(2, 3), [2, 3, 1])
 
 def test_print_module_summary(capsys):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.GroupNorm(2, 4), torch.nn.SiLU())

@@ -1,283 +1,234 @@
-"""Miscellaneous torch helpers: cached constants, the infinite data sampler,
-parameter copying, DDP consistency checks and a module summary table."""
+"""Torch helpers for the training loop: cached constant tensors, the endless
+data sampler, copying weights between modules, DDP helpers and a table of a
+module's layers."""
 
 import contextlib
 import re
-import warnings
 
 import numpy as np
 import torch
 
 #----------------------------------------------------------------------------
-# Cached constant tensor. Building small tensors from Python values in every
-# forward pass is slow (and forces a host->device copy), so reuse them.
+# A constant tensor, built once per distinct (value, shape, dtype, device,
+# memory format) and then reused. Forward passes call this with the same small
+# values over and over; rebuilding them each time costs a host-to-device copy.
+# The released AugmentPipe source calls it by this name and signature.
 
-_constant_cache = dict()
+_constants = dict()
 
 def constant(value, shape=None, dtype=None, device=None, memory_format=None):
-    value = np.asarray(value)
+    array = np.asarray(value)
+    settings = (
+        None if shape is None else tuple(shape),
+        torch.get_default_dtype() if dtype is None else dtype,
+        torch.device('cpu') if device is None else device,
+        torch.contiguous_format if memory_format is None else memory_format,
+    )
+    key = (array.shape, array.dtype, array.tobytes(), *settings)
+    if key not in _constants:
+        _constants[key] = _make_constant(array, *settings)
+    return _constants[key]
+
+def _make_constant(array, shape, dtype, device, memory_format):
+    result = torch.as_tensor(array.copy(), dtype=dtype, device=device)
     if shape is not None:
-        shape = tuple(shape)
-    if dtype is None:
-        dtype = torch.get_default_dtype()
-    if device is None:
-        device = torch.device('cpu')
-    if memory_format is None:
-        memory_format = torch.contiguous_format
-
-    key = (value.shape, value.dtype, value.tobytes(), shape, dtype, device, memory_format)
-    tensor = _constant_cache.get(key, None)
-    if tensor is None:
-        tensor = torch.as_tensor(value.copy(), dtype=dtype, device=device)
-        if shape is not None:
-            tensor = tensor.expand(shape)
-        tensor = tensor.contiguous(memory_format=memory_format)
-        _constant_cache[key] = tensor
-    return tensor
+        result = result.expand(shape)
+    return result.contiguous(memory_format=memory_format)
 
 #----------------------------------------------------------------------------
-# Symbolic shape check: None in ref_shape matches any size, a tensor matches
-# its own value (useful under tracing).
-
-def assert_shape(tensor, ref_shape):
-    if tensor.ndim != len(ref_shape):
-        raise AssertionError(f'Wrong number of dimensions: got {tensor.ndim}, expected {len(ref_shape)}')
-    for idx, (size, ref_size) in enumerate(zip(tensor.shape, ref_shape)):
-        if ref_size is None:
-            continue
-        if isinstance(ref_size, torch.Tensor):
-            with suppress_tracer_warnings():
-                torch._assert(torch.equal(torch.as_tensor(size), ref_size), f'Wrong size for dimension {idx}')
-        elif isinstance(size, torch.Tensor):
-            with suppress_tracer_warnings():
-                torch._assert(torch.equal(size, torch.as_tensor(ref_size)), f'Wrong size for dimension {idx}: expected {ref_size}')
-        elif size != ref_size:
-            raise AssertionError(f'Wrong size for dimension {idx}: got {size}, expected {ref_size}')
-
-#----------------------------------------------------------------------------
-# Silence the TracerWarnings that shape checks produce under torch.jit.trace.
-
-@contextlib.contextmanager
-def suppress_tracer_warnings():
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', category=torch.jit.TracerWarning)
-        yield
-
-#----------------------------------------------------------------------------
-# Endless sampler over a dataset, split over ranks. The order is shuffled
-# once, then every visited slot swaps with a random earlier slot within a
-# sliding window, so successive epochs differ without a full reshuffle.
-# start_idx skips that many draws (over all ranks) and replays the swaps, so
-# a resumed run sees exactly the order it would have seen.
+# Endless stream of dataset indices, dealt round-robin to the ranks: global
+# draw k goes to rank k % num_replicas. With shuffle, the order starts as a
+# seeded permutation and, after each draw, the slot just read trades places
+# with one up to window_size * len(dataset) slots before it, so every pass
+# differs a little from the previous one. start_idx resumes the stream after
+# that many global draws, exactly where an uninterrupted run would be.
 
 class InfiniteSampler(torch.utils.data.Sampler):
     def __init__(self, dataset, rank=0, num_replicas=1, shuffle=True, seed=0, window_size=0.5, start_idx=0):
-        if len(dataset) <= 0:
+        if len(dataset) == 0:
             raise ValueError('InfiniteSampler: the dataset is empty')
-        if num_replicas <= 0:
-            raise ValueError('InfiniteSampler: num_replicas must be positive')
-        if not 0 <= rank < num_replicas:
+        if num_replicas < 1:
+            raise ValueError(f'InfiniteSampler: num_replicas must be positive, got {num_replicas}')
+        if rank < 0 or rank >= num_replicas:
             raise ValueError(f'InfiniteSampler: rank {rank} out of range for {num_replicas} replicas')
-        if not 0 <= window_size <= 1:
-            raise ValueError('InfiniteSampler: window_size must be in [0, 1]')
+        if window_size < 0 or window_size > 1:
+            raise ValueError(f'InfiniteSampler: window_size must lie in [0, 1], got {window_size}')
         if start_idx < 0:
-            raise ValueError('InfiniteSampler: start_idx must be non-negative')
-        try:
-            super().__init__(dataset)
-        except TypeError: # newer torch takes no arguments
-            super().__init__()
+            raise ValueError(f'InfiniteSampler: start_idx must be non-negative, got {start_idx}')
+        super().__init__()
         self.dataset = dataset
         self.rank = rank
         self.num_replicas = num_replicas
+        self.start_idx = int(start_idx)
         self.shuffle = shuffle
         self.seed = seed
-        self.window_size = window_size
-        self.start_idx = int(start_idx)
+        self.window = int(np.rint(len(dataset) * window_size)) if shuffle else 0 # in slots; below 2 nothing moves
 
     def __iter__(self):
-        order = np.arange(len(self.dataset))
-        rnd = None
-        window = 0
+        slots = np.arange(len(self.dataset))
+        offsets = None # how far back each draw's slot trades places; None: never
         if self.shuffle:
             rnd = np.random.RandomState(self.seed)
-            rnd.shuffle(order)
-            window = int(np.rint(order.size * self.window_size))
+            rnd.shuffle(slots)
+            if self.window >= 2:
+                offsets = _draws_below(self.window, rnd)
+        slots = slots.tolist() # a list swaps elements several times faster than an array
+        size = len(slots)
 
-        if window >= 2 and self.start_idx > 0:
-            order = self._replay(order, rnd, window)
-        idx = self.start_idx
-
+        # A resumed stream replays the trades of the skipped draws; without
+        # trades there is nothing to replay.
+        draw = 0 if offsets is not None else self.start_idx
         while True:
-            i = idx % order.size
-            if idx % self.num_replicas == self.rank:
-                yield order[i]
-            if window >= 2:
-                j = (i - rnd.randint(window)) % order.size
-                order[i], order[j] = order[j], order[i]
-            idx += 1
+            slot = draw % size
+            if draw >= self.start_idx and draw % self.num_replicas == self.rank:
+                yield slots[slot]
+            if offsets is not None:
+                other = (slot - next(offsets)) % size
+                slots[slot], slots[other] = slots[other], slots[slot]
+            draw += 1
 
-    # Apply the swaps of the first start_idx steps. Drawing the offsets in
-    # blocks gives the same numbers as one draw per step.
-    def _replay(self, order, rnd, window):
-        n = order.size
-        order = order.tolist()
-        idx = 0
-        while idx < self.start_idx:
-            count = min(self.start_idx - idx, 1 << 20)
-            offsets = rnd.randint(window, size=count).tolist()
-            for offset in offsets:
-                i = idx % n
-                j = (i - offset) % n
-                order[i], order[j] = order[j], order[i]
-                idx += 1
-        return np.asarray(order, dtype=np.int64)
+# rnd.randint(high), one value at a time, forever. Drawing a block at once
+# yields the very same values, much faster, which matters when a resume
+# replays millions of draws.
+def _draws_below(high, rnd, block=1 << 16):
+    while True:
+        yield from rnd.randint(high, size=block).tolist()
 
 #----------------------------------------------------------------------------
-# Parameters and buffers of a module, as lists or as (name, tensor) pairs.
-
-def params_and_buffers(module):
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError('params_and_buffers() expects a torch.nn.Module')
-    return list(module.parameters()) + list(module.buffers())
+# (name, tensor) for every parameter, then every buffer, of a module.
 
 def named_params_and_buffers(module):
     if not isinstance(module, torch.nn.Module):
-        raise TypeError('named_params_and_buffers() expects a torch.nn.Module')
-    return list(module.named_parameters()) + list(module.named_buffers())
+        raise TypeError(f'named_params_and_buffers() expects a torch.nn.Module, got {type(module).__name__}')
+    return [*module.named_parameters(), *module.named_buffers()]
 
 #----------------------------------------------------------------------------
-# Copy parameters and buffers by name from src to dst (e.g. transfer learning,
-# resume). With require_all, every tensor of dst must exist in src.
+# Copy the parameters and buffers of src_module into the same-named ones of
+# dst_module (resume, transfer learning). Tensors of dst_module that
+# src_module lacks keep their values, or, with require_all, are an error.
+# Everything is checked before anything is copied.
 
 @torch.no_grad()
 def copy_params_and_buffers(src_module, dst_module, require_all=False):
-    src_tensors = dict(named_params_and_buffers(src_module))
-    missing = []
-    for name, tensor in named_params_and_buffers(dst_module):
-        if name not in src_tensors:
-            missing.append(name)
-            continue
-        src = src_tensors[name]
-        if src.shape != tensor.shape:
-            raise ValueError(f'copy_params_and_buffers: shape mismatch for {name}: source {tuple(src.shape)}, destination {tuple(tensor.shape)}')
-        tensor.copy_(src.detach())
+    sources = dict(named_params_and_buffers(src_module))
+    targets = named_params_and_buffers(dst_module)
+    missing = [name for name, _ in targets if name not in sources]
     if require_all and missing:
-        raise ValueError(f'copy_params_and_buffers: source module lacks {len(missing)} tensor(s), e.g. {missing[:5]}')
+        raise ValueError(f'copy_params_and_buffers: the source module lacks {len(missing)} tensor(s) of the destination, e.g. {missing[:5]}')
+    pairs = [(name, sources[name], target) for name, target in targets if name in sources]
+    for name, source, target in pairs:
+        if source.shape != target.shape:
+            raise ValueError(f'copy_params_and_buffers: shape mismatch for {name}: source {tuple(source.shape)}, destination {tuple(target.shape)}')
+    for _, source, target in pairs:
+        target.copy_(source.detach())
 
 #----------------------------------------------------------------------------
-# Skip DDP's gradient all-reduce when sync is False (gradient accumulation).
+# Context in which a DistributedDataParallel module does not all-reduce its
+# gradients (all but the last round of gradient accumulation). With sync=True,
+# or for any other module, it changes nothing.
 
 @contextlib.contextmanager
 def ddp_sync(module, sync):
     if not isinstance(module, torch.nn.Module):
-        raise TypeError('ddp_sync() expects a torch.nn.Module')
-    if sync or not isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        raise TypeError(f'ddp_sync() expects a torch.nn.Module, got {type(module).__name__}')
+    skip = not sync and isinstance(module, torch.nn.parallel.DistributedDataParallel)
+    with module.no_sync() if skip else contextlib.nullcontext():
         yield
-    else:
-        with module.no_sync():
-            yield
 
 #----------------------------------------------------------------------------
-# Assert that every parameter and buffer equals rank 0's copy. A no-op in a
-# single process.
+# Raise AssertionError unless every parameter and buffer of module equals the
+# copy on rank 0 (NaNs count as equal). Names that fully match ignore_regex,
+# written '<ClassName>.<tensor name>', are skipped. Does nothing in a single
+# process.
 
 def check_ddp_consistency(module, ignore_regex=None):
     if not isinstance(module, torch.nn.Module):
-        raise TypeError('check_ddp_consistency() expects a torch.nn.Module')
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise TypeError(f'check_ddp_consistency() expects a torch.nn.Module, got {type(module).__name__}')
+    dist = torch.distributed
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
         return
-    if torch.distributed.get_world_size() <= 1:
-        return
-    # Compare everything before raising, so that all ranks issue the same
-    # broadcasts and a mismatch cannot deadlock the others.
-    mismatches = []
-    for name, tensor in named_params_and_buffers(module):
-        fullname = type(module).__name__ + '.' + name
-        if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
+    # Every rank broadcasts every tensor before anyone raises: a rank that
+    # stopped early would leave the others waiting in broadcast forever.
+    differing = []
+    for name, local in named_params_and_buffers(module):
+        label = f'{type(module).__name__}.{name}'
+        if ignore_regex is not None and re.fullmatch(ignore_regex, label):
             continue
-        tensor = tensor.detach()
-        if tensor.is_floating_point():
-            tensor = torch.nan_to_num(tensor)
-        other = tensor.clone()
-        torch.distributed.broadcast(tensor=other, src=0)
-        if not (tensor == other).all():
-            mismatches.append(fullname)
-    if mismatches:
-        raise AssertionError(f'DDP consistency check failed on rank {torch.distributed.get_rank()}: {", ".join(mismatches)} differ from rank 0')
+        local = local.detach()
+        local = torch.nan_to_num(local) if local.is_floating_point() else local
+        reference = local.clone()
+        dist.broadcast(reference, src=0)
+        if not torch.equal(local, reference):
+            differing.append(label)
+    if differing:
+        raise AssertionError(f'DDP consistency check failed on rank {dist.get_rank()}: {", ".join(differing)} differ from rank 0')
 
 #----------------------------------------------------------------------------
-# Run one forward pass and print a table of the submodules with their
-# parameter counts, buffer sizes, output shapes and dtypes. Returns the outputs.
+# Run module(*inputs) once without gradients and print one row per submodule
+# (up to max_nesting calls deep): its parameter and buffer counts and the
+# shape and dtype of each output tensor. A tensor is counted only in the
+# innermost module it shows up in; with skip_redundant, modules left with
+# nothing to show are omitted. Returns the outputs.
 
 def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
     if not isinstance(module, torch.nn.Module):
-        raise TypeError('print_module_summary() expects a torch.nn.Module')
+        raise TypeError(f'print_module_summary() expects a torch.nn.Module, got {type(module).__name__}')
     if isinstance(module, torch.jit.ScriptModule):
-        raise TypeError('print_module_summary() does not support ScriptModules')
-    if not isinstance(inputs, (tuple, list)):
-        inputs = [inputs]
+        raise TypeError('print_module_summary() cannot hook into a ScriptModule')
+    inputs = list(inputs) if isinstance(inputs, (tuple, list)) else [inputs]
 
-    # Record the outputs of every submodule up to max_nesting levels deep.
-    entries = []
-    nesting = [0]
-    def pre_hook(_mod, _inputs):
-        nesting[0] += 1
-    def post_hook(mod, _inputs, outputs):
-        nesting[0] -= 1
-        if nesting[0] <= max_nesting:
-            outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
-            outputs = [t for t in outputs if isinstance(t, torch.Tensor)]
-            entries.append(dict(mod=mod, outputs=outputs))
-    hooks = [mod.register_forward_pre_hook(pre_hook) for mod in module.modules()]
-    hooks += [mod.register_forward_hook(post_hook) for mod in module.modules()]
+    # Forward hooks fire in completion order: inner modules before outer ones.
+    calls = []  # (module, output tensors), in completion order
+    depth = [0] # modules currently running
+    def enter(_module, _inputs):
+        depth[0] += 1
+    def leave(submodule, _inputs, outputs):
+        depth[0] -= 1
+        if depth[0] <= max_nesting:
+            outputs = outputs if isinstance(outputs, (tuple, list)) else [outputs]
+            calls.append((submodule, [t for t in outputs if isinstance(t, torch.Tensor)]))
+    handles = []
+    for submodule in module.modules():
+        handles.append(submodule.register_forward_pre_hook(enter))
+        handles.append(submodule.register_forward_hook(leave))
     try:
         with torch.no_grad():
             outputs = module(*inputs)
     finally:
-        for hook in hooks:
-            hook.remove()
+        for handle in handles:
+            handle.remove()
 
-    # Attribute each tensor to the innermost recorded module that owns it.
-    seen = set()
-    for e in entries:
-        e['params'] = [t for t in e['mod'].parameters() if id(t) not in seen]
-        e['buffers'] = [t for t in e['mod'].buffers() if id(t) not in seen]
-        e['outputs'] = [t for t in e['outputs'] if id(t) not in seen]
-        seen |= {id(t) for t in e['params'] + e['buffers'] + e['outputs']}
-    if skip_redundant:
-        entries = [e for e in entries if len(e['params']) or len(e['buffers']) or len(e['outputs'])]
+    names = {submodule: name for name, submodule in module.named_modules()}
+    counted = set()
+    def first_sightings(tensors):
+        fresh = [t for t in tensors if id(t) not in counted]
+        counted.update(id(t) for t in fresh)
+        return fresh
 
-    # Build the table.
-    names = {mod: name for name, mod in module.named_modules()}
-    rows = [[type(module).__name__, 'Parameters', 'Buffers', 'Output shape', 'Datatype']]
-    rows += [['---'] * len(rows[0])]
-    param_total = 0
-    buffer_total = 0
-    for e in entries:
-        name = '<top-level>' if e['mod'] is module else names.get(e['mod'], '?')
-        param_size = sum(t.numel() for t in e['params'])
-        buffer_size = sum(t.numel() for t in e['buffers'])
-        output_shapes = [str(list(t.shape)) for t in e['outputs']]
-        output_dtypes = [str(t.dtype).split('.')[-1] for t in e['outputs']]
-        rows += [[
-            name + (':0' if len(e['outputs']) >= 2 else ''),
-            str(param_size) if param_size else '-',
-            str(buffer_size) if buffer_size else '-',
-            (output_shapes + ['-'])[0],
-            (output_dtypes + ['-'])[0],
-        ]]
-        for idx in range(1, len(e['outputs'])):
-            rows += [[name + f':{idx}', '-', '-', output_shapes[idx], output_dtypes[idx]]]
-        param_total += param_size
-        buffer_total += buffer_size
-    rows += [['---'] * len(rows[0])]
-    rows += [['Total', str(param_total), str(buffer_total), '-', '-']]
+    header = [type(module).__name__, 'Parameters', 'Buffers', 'Output shape', 'Datatype']
+    rule = ['---'] * len(header)
+    rows = [header, rule]
+    total_params = total_buffers = 0
+    for submodule, tensors in calls:
+        num_params = sum(t.numel() for t in first_sightings(submodule.parameters()))
+        num_buffers = sum(t.numel() for t in first_sightings(submodule.buffers()))
+        tensors = first_sightings(tensors)
+        if skip_redundant and not (num_params or num_buffers or tensors):
+            continue
+        total_params += num_params
+        total_buffers += num_buffers
+        name = '<top-level>' if submodule is module else names.get(submodule, '?')
+        shapes = [str(list(t.shape)) for t in tensors] or ['-']
+        dtypes = [str(t.dtype).rsplit('.', 1)[-1] for t in tensors] or ['-']
+        for k, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+            label = name if len(tensors) < 2 else f'{name}:{k}'
+            counts = [str(num_params or '-'), str(num_buffers or '-')] if k == 0 else ['-', '-']
+            rows.append([label, *counts, shape, dtype])
+    rows += [rule, ['Total', str(total_params), str(total_buffers), '-', '-']]
 
-    widths = [max(len(cell) for cell in column) for column in zip(*rows)]
-    print()
-    for row in rows:
-        print('  '.join(cell + ' ' * (width - len(cell)) for cell, width in zip(row, widths)))
-    print()
+    widths = [max(map(len, column)) for column in zip(*rows)]
+    lines = ['  '.join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    print('\n' + '\n'.join(lines) + '\n')
     return outputs
 
 #----------------------------------------------------------------------------

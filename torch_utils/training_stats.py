@@ -1,173 +1,164 @@
-"""Statistics collection across processes. Any code may call report() with a
-name and a tensor; a Collector later reads the mean and standard deviation of
-everything reported since its previous update(), summed over all ranks."""
+"""Statistics gathered from anywhere in the code and read out per interval.
 
+Any code calls report(name, value). A Collector's update() then sums over
+all ranks what was reported under its names since its previous update();
+num(), mean() and std() describe those numbers. Every statistic is kept as
+three float64 moments: count, sum and sum of squares."""
+
+import math
 import re
 import zlib
 
-import numpy as np
 import torch
 
-#----------------------------------------------------------------------------
-
-_num_moments    = 3             # [count, sum, sum of squares]
-_counter_dtype  = torch.float64 # Wide enough to keep long runs exact.
-_rank           = 0             # Set by init_multiprocessing().
-_sync_device    = None          # Device for all_reduce; None = single process.
-_counters       = dict()        # name -> {device: moments since the last sync}
-_cumulative     = dict()        # name -> moments accumulated over all syncs (CPU)
+import dnnlib
 
 #----------------------------------------------------------------------------
-# Call once per process before reporting. sync_device is the device on
-# which counters are all-reduced (the process' CUDA device for NCCL, CPU for
-# Gloo), or None in a single process.
+
+_moments_dtype  = torch.float64 # exact counts and sums over long runs
+_rank           = 0             # this process' rank, see init_multiprocessing()
+_sync_device    = None          # device of the cross-rank all_reduce; None: single process
+_unsynced       = dict()        # name -> {device: moments reported there since the last sync}
+_totals         = dict()        # name -> moments of all syncs so far, summed over ranks (CPU)
+
+#----------------------------------------------------------------------------
+# Call once per process before any report(). sync_device is where moments are
+# summed over ranks: the process' CUDA device with NCCL, the CPU with Gloo;
+# None in a single process.
 
 def init_multiprocessing(rank, sync_device):
     global _rank, _sync_device
     _rank = int(rank)
-    _sync_device = None if sync_device is None else torch.device(sync_device)
+    _sync_device = torch.device(sync_device) if sync_device is not None else None
 
 #----------------------------------------------------------------------------
-# Record the elements of value (scalar, sequence, array or tensor) under name.
-# Returns value unchanged, so it can wrap an expression.
+# Add the elements of value (a number, sequence, array or tensor of any shape)
+# to the statistic name. Returns value, so a report can wrap an expression.
+# An empty value still registers the name.
 
 def report(name, value):
-    if name not in _counters:
-        _counters[name] = dict()
-
-    elems = torch.as_tensor(value)
+    by_device = _unsynced.setdefault(name, dict())
+    elems = torch.as_tensor(value).detach()
     if elems.numel() == 0:
         return value
-
-    elems = elems.detach().flatten().to(_counter_dtype)
-    moments = torch.stack([
-        torch.ones_like(elems).sum(),
-        elems.sum(),
-        elems.square().sum(),
-    ])
-    device = moments.device
-    if device not in _counters[name]:
-        _counters[name][device] = torch.zeros_like(moments)
-    _counters[name][device].add_(moments)
+    elems = elems.reshape(-1).to(_moments_dtype)
+    moments = torch.stack([elems.new_tensor(elems.numel()), elems.sum(), elems.square().sum()])
+    if moments.device in by_device:
+        by_device[moments.device].add_(moments)
+    else:
+        by_device[moments.device] = moments
     return value
 
 #----------------------------------------------------------------------------
-# Like report(), but only rank 0's value counts. The other ranks register the
-# name with no data so that all ranks sync the same set of names.
+# report() for values that only rank 0 should count (timings, progress). The
+# other ranks register the name with no data, so that all ranks keep agreeing
+# on the set of names.
 
 def report0(name, value):
     report(name, value if _rank == 0 else [])
     return value
 
 #----------------------------------------------------------------------------
-# Reads back the statistics whose names fully match regex. update() is a
-# collective call in multi-process runs: every rank must call it together.
+# Reads the statistics whose names fully match regex. update() is collective
+# in a multi-process run: all ranks call it at the same point. Between two
+# updates, a statistic without new reports shows its previous interval if
+# keep_previous, and no data otherwise.
 
 class Collector:
     def __init__(self, regex='.*', keep_previous=True):
         self._regex = re.compile(regex)
         self._keep_previous = keep_previous
-        self._cumulative = dict()
-        self._moments = dict()
-        self.update()
-        self._moments.clear()
+        self._totals_seen = {name: totals.clone() for name, totals in _sync(self.names())}
+        self._latest = dict() # name -> moments of its last interval with data
 
-    # Names reported so far that match the regex, sorted.
+    # Names reported so far (on this rank) that match, in sorted order.
     def names(self):
-        return [name for name in sorted(_counters) if self._regex.fullmatch(name)]
+        return sorted(name for name in _unsynced if self._regex.fullmatch(name))
 
-    # Take the statistics reported (on all ranks) since the previous update.
+    # Start a new interval: take in everything reported on all ranks since the
+    # previous update. Moments are totals over the whole run minus the totals
+    # at that update, shared by all collectors.
     def update(self):
         if not self._keep_previous:
-            self._moments.clear()
-        for name, cumulative in _sync(self.names()):
-            if name not in self._cumulative:
-                self._cumulative[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
-            delta = cumulative - self._cumulative[name]
-            self._cumulative[name].copy_(cumulative)
-            if float(delta[0]) != 0:
-                self._moments[name] = delta
+            self._latest = dict()
+        for name, totals in _sync(self.names()):
+            seen = self._totals_seen.get(name)
+            interval = totals - seen if seen is not None else totals.clone()
+            self._totals_seen[name] = totals.clone()
+            if float(interval[0]) != 0:
+                self._latest[name] = interval
 
-    def _get_delta(self, name):
+    # Moments of name in the current interval; None when there are none.
+    def _interval(self, name):
         if not self._regex.fullmatch(name):
-            raise ValueError(f'Collector: {name!r} does not match the regex {self._regex.pattern!r}')
-        if name not in self._moments:
-            self._moments[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
-        return self._moments[name]
+            raise ValueError(f'Collector: {name!r} does not match its regex {self._regex.pattern!r}')
+        return self._latest.get(name)
 
-    # Number of scalars reported under name in the last update interval.
+    # How many numbers were reported under name.
     def num(self, name):
-        return int(self._get_delta(name)[0])
+        interval = self._interval(name)
+        return 0 if interval is None else int(interval[0])
 
-    # Mean of those scalars, nan if there were none.
+    # Their mean; nan if there were none.
     def mean(self, name):
-        delta = self._get_delta(name)
-        if int(delta[0]) == 0:
-            return float('nan')
-        return float(delta[1] / delta[0])
+        interval = self._interval(name)
+        return float('nan') if interval is None else float(interval[1] / interval[0])
 
-    # Population standard deviation of those scalars, nan if there were none.
+    # Their population standard deviation; nan if there were none or the sum
+    # overflowed, 0 for a single number.
     def std(self, name):
-        delta = self._get_delta(name)
-        if int(delta[0]) == 0 or not np.isfinite(float(delta[1])):
+        interval = self._interval(name)
+        if interval is None or not math.isfinite(float(interval[1])):
             return float('nan')
-        if int(delta[0]) == 1:
-            return float(0)
-        mean = float(delta[1] / delta[0])
-        raw_var = float(delta[2] / delta[0])
-        return float(np.sqrt(max(raw_var - np.square(mean), 0)))
+        if int(interval[0]) == 1:
+            return 0.0
+        mean = float(interval[1] / interval[0])
+        mean_of_squares = float(interval[2] / interval[0])
+        return math.sqrt(max(mean_of_squares - mean * mean, 0.0))
 
-    # {name: {num, mean, std}} for every matching name (for stats.jsonl).
+    # {name: {num, mean, std}} over names(), as written to stats.jsonl.
     def as_dict(self):
-        import dnnlib # lazy: keeps this module importable without dnnlib
-        stats = dnnlib.EasyDict()
-        for name in self.names():
-            stats[name] = dnnlib.EasyDict(num=self.num(name), mean=self.mean(name), std=self.std(name))
-        return stats
+        return dnnlib.EasyDict({name: dnnlib.EasyDict(num=self.num(name), mean=self.mean(name), std=self.std(name))
+            for name in self.names()})
 
-    # Shorthand for mean().
     def __getitem__(self, name):
         return self.mean(name)
 
 #----------------------------------------------------------------------------
-# Fold the per-device counters into the cumulative totals, summing over ranks.
-# Every rank must pass the same names in the same order.
+# Move what was reported under names since the last sync into the run totals,
+# summed over ranks, and return [(name, totals)]. All ranks must pass the same
+# names; a mismatch raises RuntimeError on every rank instead of mixing up
+# statistics or hanging.
 
 def _sync(names):
-    if len(names) == 0:
+    if not names:
         return []
-
-    # Gather and reset the local counters.
-    deltas = []
     device = _sync_device if _sync_device is not None else torch.device('cpu')
-    for name in names:
-        delta = torch.zeros([_num_moments], dtype=_counter_dtype, device=device)
-        for counter in _counters[name].values():
-            delta.add_(counter.to(device))
-            counter.zero_()
-        deltas.append(delta)
-    deltas = torch.stack(deltas)
+    fresh = torch.zeros([len(names), 3], dtype=_moments_dtype, device=device)
+    for row, name in enumerate(names):
+        for moments in _unsynced[name].values():
+            fresh[row].add_(moments.to(device))
+        _unsynced[name].clear()
 
-    # Sum over ranks, after checking that all ranks agree on the names (a
-    # mismatch would otherwise silently mix up statistics or hang).
-    if _sync_device is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        digest = zlib.crc32('\n'.join(names).encode('utf-8'))
-        check = torch.tensor([digest, -digest], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(check, op=torch.distributed.ReduceOp.MAX)
-        if check[0] != -check[1]:
-            raise RuntimeError(f'training_stats: ranks reported different statistic names (rank {_rank} has {names}); use report0() for rank-0-only values')
-        torch.distributed.all_reduce(deltas)
+    dist = torch.distributed
+    if _sync_device is not None and dist.is_available() and dist.is_initialized():
+        # max(h) == -max(-h) exactly when every rank has the same h.
+        digest = float(zlib.crc32('\n'.join(names).encode('utf-8')))
+        extremes = torch.tensor([digest, -digest], dtype=torch.float64, device=device)
+        dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
+        if float(extremes[0]) != -float(extremes[1]):
+            raise RuntimeError(f'training_stats: the ranks reported different statistic names (rank {_rank}: {names}); '
+                'report values that only rank 0 has with report0()')
+        dist.all_reduce(fresh)
 
-    # Update the cumulative totals.
-    deltas = deltas.cpu()
-    for idx, name in enumerate(names):
-        if name not in _cumulative:
-            _cumulative[name] = torch.zeros([_num_moments], dtype=_counter_dtype)
-        _cumulative[name].add_(deltas[idx])
-    return [(name, _cumulative[name]) for name in names]
+    fresh = fresh.cpu()
+    for row, name in enumerate(names):
+        totals = _totals.setdefault(name, torch.zeros([3], dtype=_moments_dtype))
+        totals.add_(fresh[row])
+    return [(name, _totals[name]) for name in names]
 
 #----------------------------------------------------------------------------
-# Convenience collector that catches every name.
+# A collector of every statistic (the training loop's stats.jsonl).
 
 default_collector = Collector()
 
