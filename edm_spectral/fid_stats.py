@@ -15,9 +15,8 @@ import tqdm
 
 import dnnlib.util
 from edm_spectral import detectors
-from edm_spectral.images import to_uint8
 from torch_utils import distributed as dist
-from generate import sample_batch, split_seeds  # to be imported from training.sampling once the samplers move there (issue 11)
+from training.sampling import sample_batch, split_seeds, to_uint8
 
 #----------------------------------------------------------------------------
 # Raised when an image set holds fewer images than requested and allow_fewer is off.
