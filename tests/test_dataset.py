@@ -149,12 +149,14 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match='must be square.*16x8'):
         ImageFolderDataset(str(wide))
 
+    # Files that change after the dataset was opened (and checked) fail when read.
     mixed = tmp_path / 'mixed'
     mixed.mkdir()
-    PIL.Image.new('RGB', (8, 8)).save(mixed / 'a.png')
+    for fname in ['a.png', 'b.png', 'c.png']:
+        PIL.Image.new('RGB', (8, 8)).save(mixed / fname)
+    ds = ImageFolderDataset(str(mixed))
     PIL.Image.new('RGB', (4, 4)).save(mixed / 'b.png')
     (mixed / 'c.png').write_bytes(b'\x89PNG\r\n\x1a\n truncated')
-    ds = ImageFolderDataset(str(mixed))
     with pytest.raises(ValueError, match='expected uint8 \\[3, 8, 8\\]'):
         ds[1]
     with pytest.raises(OSError, match='Cannot read image c.png'):

@@ -140,50 +140,40 @@ def _warp(images, G_inv, f):
     return images[:, :, f_pad : f_pad + H, f_pad : f_pad + W]
 
 #----------------------------------------------------------------------------
-# Augmentation pipeline. Each transform has a probability multiplier
-# (0 = off); the overall strength p scales all of them. Returns the augmented
-# images and the per-image parameters as float32 labels [N, D].
+# Augmentation pipeline. Every constructor argument is a float setting, kept
+# as an attribute of the same name. The transform names are probability
+# multipliers (0 = off), all scaled by the overall strength p; the others
+# shape the drawn parameters:
+#
+#   pixel blitting  xflip, yflip, rotate_int (quarter turns), translate_int
+#                   (whole pixels, at most translate_int_max of the size)
+#   geometric       scale (log2 std scale_std), rotate_frac (at most
+#                   rotate_frac_max of a full turn), aniso (log2 std aniso_std,
+#                   along a random axis with probability aniso_rotate_prob),
+#                   translate_frac (std translate_frac_std of the size)
+#   colour          brightness (std brightness_std), contrast (log2 std
+#                   contrast_std), lumaflip, hue (at most hue_max of a full
+#                   turn), saturation (log2 std saturation_std)
+#
+# A call returns the augmented images and the per-image parameters as
+# float32 labels [N, D], in the order the transforms are listed.
 
 @persistence.persistent_class
 class AugmentPipe:
     def __init__(self, p=1,
-        xflip=0, yflip=0, rotate_int=0, translate_int=0, translate_int_max=0.125,
-        scale=0, rotate_frac=0, aniso=0, translate_frac=0, scale_std=0.2, rotate_frac_max=1, aniso_std=0.2, aniso_rotate_prob=0.5, translate_frac_std=0.125,
-        brightness=0, contrast=0, lumaflip=0, hue=0, saturation=0, brightness_std=0.2, contrast_std=0.5, hue_max=1, saturation_std=1,
+        xflip=0, yflip=0, rotate_int=0, translate_int=0,
+        translate_int_max=0.125,
+        scale=0, rotate_frac=0, aniso=0, translate_frac=0,
+        scale_std=0.2, rotate_frac_max=1, aniso_std=0.2,
+        aniso_rotate_prob=0.5, translate_frac_std=0.125,
+        brightness=0, contrast=0, lumaflip=0, hue=0, saturation=0,
+        brightness_std=0.2, contrast_std=0.5, hue_max=1, saturation_std=1,
     ):
-        self.p                  = float(p)                  # Overall multiplier for augmentation probability.
-
-        # Pixel blitting.
-        self.xflip              = float(xflip)              # Probability multiplier for x-flip.
-        self.yflip              = float(yflip)              # Probability multiplier for y-flip.
-        self.rotate_int         = float(rotate_int)         # Probability multiplier for rotations by multiples of 90 degrees.
-        self.translate_int      = float(translate_int)      # Probability multiplier for integer translation.
-        self.translate_int_max  = float(translate_int_max)  # Range of integer translation, relative to image dimensions.
-
-        # Geometric transformations.
-        self.scale              = float(scale)              # Probability multiplier for isotropic scaling.
-        self.rotate_frac        = float(rotate_frac)        # Probability multiplier for arbitrary rotation.
-        self.aniso              = float(aniso)              # Probability multiplier for anisotropic scaling.
-        self.translate_frac     = float(translate_frac)     # Probability multiplier for fractional translation.
-        self.scale_std          = float(scale_std)          # Log2 standard deviation of isotropic scaling.
-        self.rotate_frac_max    = float(rotate_frac_max)    # Range of arbitrary rotation, 1 = full circle.
-        self.aniso_std          = float(aniso_std)          # Log2 standard deviation of anisotropic scaling.
-        self.aniso_rotate_prob  = float(aniso_rotate_prob)  # Probability of doing anisotropic scaling w.r.t. rotated coordinate frame.
-        self.translate_frac_std = float(translate_frac_std) # Standard deviation of fractional translation, relative to image dimensions.
-
-        # Color transformations.
-        self.brightness         = float(brightness)         # Probability multiplier for brightness.
-        self.contrast           = float(contrast)           # Probability multiplier for contrast.
-        self.lumaflip           = float(lumaflip)           # Probability multiplier for luma flip.
-        self.hue                = float(hue)                # Probability multiplier for hue rotation.
-        self.saturation         = float(saturation)         # Probability multiplier for saturation.
-        self.brightness_std     = float(brightness_std)     # Standard deviation of brightness.
-        self.contrast_std       = float(contrast_std)       # Log2 standard deviation of contrast.
-        self.hue_max            = float(hue_max)            # Range of hue rotation, 1 = full circle.
-        self.saturation_std     = float(saturation_std)     # Log2 standard deviation of saturation.
-
-        # Lowpass filter of the 2x resampling around the geometric warp.
-        self.filter_sym6        = _sym6_taps()
+        settings = dict(locals())
+        del settings['self']
+        for name, value in settings.items():
+            setattr(self, name, float(value))
+        self.filter_sym6 = _sym6_taps() # Lowpass of the 2x resampling around the geometric warp.
 
     def __call__(self, images):
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
