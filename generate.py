@@ -12,7 +12,7 @@ import torch
 import tqdm
 
 from torch_utils import distributed as dist
-from training.sampling import parse_int_list, sample_batch, split_seeds, to_uint8
+from training.sampling import ABLATION_CHOICES, parse_int_list, sample_batch, split_seeds, to_uint8
 from edm_spectral.images import save_image, save_image_grid
 
 #----------------------------------------------------------------------------
@@ -54,10 +54,10 @@ def _load_network(network_pkl, device, trust_code):
 @click.option('--S_noise', 'S_noise',      help='Scale of the re-added noise', metavar='FLOAT',                      type=float, default=1, show_default=True)
 
 # Ablation options (any of them selects the generalized ablation sampler).
-@click.option('--solver',                  help='Ablation: ODE solver', metavar='euler|heun',                        type=click.Choice(['euler', 'heun']))
-@click.option('--disc', 'discretization',  help='Ablation: time steps', metavar='vp|ve|iddpm|edm',                   type=click.Choice(['vp', 've', 'iddpm', 'edm']))
-@click.option('--schedule',                help='Ablation: noise schedule sigma(t)', metavar='vp|ve|linear',         type=click.Choice(['vp', 've', 'linear']))
-@click.option('--scaling',                 help='Ablation: signal scaling s(t)', metavar='vp|none',                  type=click.Choice(['vp', 'none']))
+@click.option('--solver',                  help='Ablation: ODE solver', metavar='euler|heun',                        type=click.Choice(ABLATION_CHOICES['solver']))
+@click.option('--disc', 'discretization',  help='Ablation: time steps', metavar='vp|ve|iddpm|edm',                   type=click.Choice(ABLATION_CHOICES['discretization']))
+@click.option('--schedule',                help='Ablation: noise schedule sigma(t)', metavar='vp|ve|linear',         type=click.Choice(ABLATION_CHOICES['schedule']))
+@click.option('--scaling',                 help='Ablation: signal scaling s(t)', metavar='vp|none',                  type=click.Choice(ABLATION_CHOICES['scaling']))
 
 # Our additions.
 @click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR',   type=str, default=None)

@@ -4,12 +4,11 @@ generalized ablation sampler, per-seed random streams, seed batching and EDM's u
 generate.py is the command line on top of this module."""
 
 import re
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 import tqdm
-
-ABLATION_OPTIONS = ('solver', 'discretization', 'schedule', 'scaling', 'epsilon_s', 'C_1', 'C_2', 'M', 'alpha')
 
 #----------------------------------------------------------------------------
 # Noise levels of the EDM discretization (Eq. 5): equal steps in sigma^(1/rho) from sigma_max
@@ -93,106 +92,130 @@ def iddpm_sigma_levels(M=1000, C_1=0.001, C_2=0.008, device=None):
     return u
 
 #----------------------------------------------------------------------------
-# The generalized sampler of Section 3 of the paper, covering every combination of ODE solver,
-# time step discretization, noise schedule sigma(t) and signal scaling s(t) it ablates.
-# The EDM sampler is solver='heun', discretization='edm', schedule='linear', scaling='none'.
+# The generalized sampler of Section 3 of the paper: any ODE solver, time step discretization,
+# noise schedule sigma(t) and signal scaling s(t) of its ablations. Its options, as offered by
+# generate.py; the EDM sampler corresponds to heun / edm / linear / none.
 
-def ablation_sampler(
-    net, latents, class_labels=None, randn_like=torch.randn_like,
-    num_steps=18, sigma_min=None, sigma_max=None, rho=7,
-    solver='heun', discretization='edm', schedule='linear', scaling='none',
-    epsilon_s=1e-3, C_1=0.001, C_2=0.008, M=1000, alpha=1,
-    S_churn=0, S_min=0, S_max=float('inf'), S_noise=1,
-):
-    for name, value, allowed in [('solver', solver, ['euler', 'heun']), ('discretization', discretization, ['vp', 've', 'iddpm', 'edm']),
-            ('schedule', schedule, ['vp', 've', 'linear']), ('scaling', scaling, ['vp', 'none'])]:
-        if value not in allowed:
-            raise ValueError(f'{name} must be one of {"|".join(allowed)}, got {value!r}')
+ABLATION_CHOICES = dict(
+    solver=('euler', 'heun'),
+    discretization=('vp', 've', 'iddpm', 'edm'),
+    schedule=('vp', 've', 'linear'),
+    scaling=('vp', 'none'),
+)
+
+# Keyword arguments that only the ablation sampler knows: any of them selects it.
+ABLATION_OPTIONS = (*ABLATION_CHOICES, 'epsilon_s', 'C_1', 'C_2', 'M', 'alpha')
+
+# Noise range of a discretization when the caller gives none. VP spans the VP-SDE of the paper
+# (beta_d = 19.9, beta_min = 0.1) from t = 1 down to t = epsilon_s.
+def _default_sigma_range(discretization, epsilon_s):
+    if discretization == 'vp':
+        return _vp_sigma(epsilon_s, 19.9, 0.1), _vp_sigma(1, 19.9, 0.1)
+    return {'ve': (0.02, 100), 'iddpm': (0.002, 81), 'edm': (0.002, 80)}[discretization]
+
+# The VP-SDE (beta_d, beta_min) that meets the noise range: sigma(1) = sigma_max and
+# sigma(epsilon_s) = sigma_min.
+def _vp_betas_for_range(sigma_min, sigma_max, epsilon_s):
+    log_top = np.log(sigma_max ** 2 + 1)
+    beta_d = 2 * (np.log(sigma_min ** 2 + 1) / epsilon_s - log_top) / (epsilon_s - 1)
+    return beta_d, log_top - 0.5 * beta_d
+
+# Noise levels sigma_0 > ... > sigma_{N-1} of each discretization, in float64.
+def _ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho, epsilon_s, vp_betas, iddpm_kwargs, device):
+    if discretization == 'edm':
+        return edm_sigma_steps(num_steps, sigma_min, sigma_max, rho, device=device)
+    index = torch.arange(num_steps, dtype=torch.float64, device=device)
+    if discretization == 'vp':  # uniform in t from 1 to epsilon_s
+        return _vp_sigma(1 + index / (num_steps - 1) * (epsilon_s - 1), *vp_betas)
+    if discretization == 've':  # geometric in sigma^2
+        return ((sigma_max ** 2) * ((sigma_min ** 2 / sigma_max ** 2) ** (index / (num_steps - 1)))).sqrt()
+    levels = iddpm_sigma_levels(**iddpm_kwargs, device=device)
+    levels = levels[(levels >= sigma_min) & (levels <= sigma_max)]
+    if len(levels) == 0:
+        raise ValueError(f'no iDDPM noise level lies in [{sigma_min}, {sigma_max}]')
+    return levels[((len(levels) - 1) / (num_steps - 1) * index).round().to(torch.int64)]
+
+# A noise schedule: sigma(t), its derivative in t, and the t of a given sigma.
+class _NoiseSchedule(NamedTuple):
+    sigma: Callable
+    deriv: Callable
+    time_of: Callable
+
+def _noise_schedule(name, vp_betas):
+    if name == 'vp':
+        return _NoiseSchedule(sigma=lambda t: _vp_sigma(t, *vp_betas), deriv=lambda t: _vp_sigma_deriv(t, *vp_betas),
+            time_of=lambda sigma: _vp_sigma_inv(sigma, *vp_betas))
+    if name == 've':  # sigma^2 = t
+        return _NoiseSchedule(sigma=lambda t: t.sqrt(), deriv=lambda t: 0.5 / t.sqrt(), time_of=lambda sigma: sigma ** 2)
+    return _NoiseSchedule(sigma=lambda t: t, deriv=lambda t: 1, time_of=lambda sigma: sigma)
+
+# Signal scaling s(t) and its derivative; VP keeps the variance of the scaled state at one.
+def _signal_scaling(name, schedule):
+    if name == 'none':
+        return (lambda t: 1), (lambda t: 0)
+    scale = lambda t: 1 / (1 + schedule.sigma(t) ** 2).sqrt()
+    return scale, (lambda t: -schedule.sigma(t) * schedule.deriv(t) * (scale(t) ** 3))
+
+def ablation_sampler(net, latents, class_labels=None, randn_like=torch.randn_like,
+        num_steps=18, sigma_min=None, sigma_max=None, rho=7,                            # time steps
+        solver='heun', discretization='edm', schedule='linear', scaling='none',         # the ablated choices
+        epsilon_s=1e-3, C_1=0.001, C_2=0.008, M=1000, alpha=1,                          # their constants
+        S_churn=0, S_min=0, S_max=float('inf'), S_noise=1):                             # stochasticity
+    chosen = dict(solver=solver, discretization=discretization, schedule=schedule, scaling=scaling)
+    for option, value in chosen.items():
+        if value not in ABLATION_CHOICES[option]:
+            raise ValueError(f'{option} must be one of {"|".join(ABLATION_CHOICES[option])}, got {value!r}')
     _check_num_steps(num_steps)
     if not alpha > 0:
         raise ValueError(f'alpha must be positive, got {alpha}')
 
-    # Default noise range of each discretization, clamped to the network's range.
-    if sigma_min is None:
-        sigma_min = {'vp': _vp_sigma(epsilon_s, 19.9, 0.1), 've': 0.02, 'iddpm': 0.002, 'edm': 0.002}[discretization]
-    if sigma_max is None:
-        sigma_max = {'vp': _vp_sigma(1, 19.9, 0.1), 've': 100, 'iddpm': 81, 'edm': 80}[discretization]
-    sigma_min = max(sigma_min, net.sigma_min)
-    sigma_max = min(sigma_max, net.sigma_max)
+    # The noise range, within what the network supports, and the VP-SDE that spans it.
+    default_min, default_max = _default_sigma_range(discretization, epsilon_s)
+    sigma_min = max(default_min if sigma_min is None else sigma_min, net.sigma_min)
+    sigma_max = min(default_max if sigma_max is None else sigma_max, net.sigma_max)
+    vp_betas = _vp_betas_for_range(sigma_min, sigma_max, epsilon_s) if 'vp' in (discretization, schedule) else None
 
-    # VP betas such that sigma(epsilon_s) = sigma_min and sigma(1) = sigma_max.
-    if 'vp' in (discretization, schedule):
-        beta_d = 2 * (np.log(sigma_min ** 2 + 1) / epsilon_s - np.log(sigma_max ** 2 + 1)) / (epsilon_s - 1)
-        beta_min = np.log(sigma_max ** 2 + 1) - 0.5 * beta_d
+    sched = _noise_schedule(schedule, vp_betas)
+    sigma = sched.sigma
+    scale, scale_deriv = _signal_scaling(scaling, sched)
 
-    # Noise levels sigma_0 > ... > sigma_{N-1} of the chosen discretization.
-    step_indices = torch.arange(num_steps, dtype=torch.float64, device=latents.device)
-    if discretization == 'vp':
-        sigma_steps = _vp_sigma(1 + step_indices / (num_steps - 1) * (epsilon_s - 1), beta_d, beta_min)
-    elif discretization == 've':
-        sigma_steps = ((sigma_max ** 2) * ((sigma_min ** 2 / sigma_max ** 2) ** (step_indices / (num_steps - 1)))).sqrt()
-    elif discretization == 'iddpm':
-        u = iddpm_sigma_levels(M=M, C_1=C_1, C_2=C_2, device=latents.device)
-        u = u[(u >= sigma_min) & (u <= sigma_max)]
-        if len(u) == 0:
-            raise ValueError(f'no iDDPM noise level lies in [{sigma_min}, {sigma_max}]')
-        sigma_steps = u[((len(u) - 1) / (num_steps - 1) * step_indices).round().to(torch.int64)]
-    else:
-        sigma_steps = edm_sigma_steps(num_steps, sigma_min, sigma_max, rho, device=latents.device)
+    # Right-hand side of the probability flow ODE for the scaled state x = s(t) * x_unscaled.
+    def velocity(x, t):
+        denoised = net(x / scale(t), sigma(t), class_labels).to(torch.float64)
+        return (sched.deriv(t) / sigma(t) + scale_deriv(t) / scale(t)) * x - sched.deriv(t) * scale(t) / sigma(t) * denoised
 
-    # sigma(t), sigma'(t) and t(sigma) of the chosen schedule.
-    if schedule == 'vp':
-        sigma = lambda t: _vp_sigma(t, beta_d, beta_min)
-        sigma_deriv = lambda t: _vp_sigma_deriv(t, beta_d, beta_min)
-        sigma_inv = lambda s: _vp_sigma_inv(s, beta_d, beta_min)
-    elif schedule == 've':
-        sigma = lambda t: t.sqrt()
-        sigma_deriv = lambda t: 0.5 / t.sqrt()
-        sigma_inv = lambda s: s ** 2
-    else:
-        sigma = lambda t: t
-        sigma_deriv = lambda t: 1
-        sigma_inv = lambda s: s
+    # Times of the network-rounded noise levels, closed by t_N = 0.
+    levels = _ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho, epsilon_s, vp_betas,
+        dict(M=M, C_1=C_1, C_2=C_2), latents.device)
+    times = sched.time_of(net.round_sigma(levels))
+    times = torch.cat([times, times.new_zeros([1])])
+    churn = min(S_churn / num_steps, np.sqrt(2) - 1)
+    heun_weight = 1 / (2 * alpha)  # weight of the second slope
 
-    # s(t) and s'(t) of the chosen scaling.
-    if scaling == 'vp':
-        s = lambda t: 1 / (1 + sigma(t) ** 2).sqrt()
-        s_deriv = lambda t: -sigma(t) * sigma_deriv(t) * (s(t) ** 3)
-    else:
-        s = lambda t: 1
-        s_deriv = lambda t: 0
+    x = latents.to(torch.float64) * (sigma(times[0]) * scale(times[0]))
+    for step in range(num_steps):
+        t_from, t_to = times[step], times[step + 1]
 
-    # dx/dt of the probability flow ODE with the scaled state x = s(t) * x_unscaled.
-    def ode_deriv(x, t):
-        denoised = net(x / s(t), sigma(t), class_labels).to(torch.float64)
-        return (sigma_deriv(t) / sigma(t) + s_deriv(t) / s(t)) * x - sigma_deriv(t) * s(t) / sigma(t) * denoised
+        # Churn: move up to sigma(t_hat), rescaling the state to s(t_hat). Noise is drawn on
+        # every step, churn or not (see edm_sampler).
+        sigma_from = sigma(t_from)
+        boost = churn if S_min <= sigma_from <= S_max else 0
+        t_hat = sched.time_of(net.round_sigma(sigma_from + boost * sigma_from))
+        added_std = (sigma(t_hat) ** 2 - sigma_from ** 2).clip(min=0).sqrt() * scale(t_hat) * S_noise
+        x_hat = scale(t_hat) / scale(t_from) * x + added_std * randn_like(x)
 
-    # Time steps from the network-snapped noise levels, then t_N = 0.
-    t_steps = sigma_inv(net.round_sigma(sigma_steps))
-    t_steps = torch.cat([t_steps, t_steps.new_zeros([1])])
-    gamma_churn = min(S_churn / num_steps, np.sqrt(2) - 1)
+        # First slope; on the last step, or for Euler, a plain Euler step.
+        h = t_to - t_hat
+        slope = velocity(x_hat, t_hat)
+        if solver == 'euler' or step == num_steps - 1:
+            x = x_hat + h * slope
+            continue
 
-    x_next = latents.to(torch.float64) * (sigma(t_steps[0]) * s(t_steps[0]))
-    for i in range(num_steps):
-        x_cur, t_cur, t_next = x_next, t_steps[i], t_steps[i + 1]
+        # Second order: a second slope at t_hat + alpha * h, then the weighted mix of both.
+        slope_ahead = velocity(x_hat + alpha * h * slope, t_hat + alpha * h)
+        x = x_hat + h * ((1 - heun_weight) * slope + heun_weight * slope_ahead)
 
-        # Raise the noise level to sigma(t_hat); the draw happens on every step (see edm_sampler).
-        gamma = gamma_churn if S_min <= sigma(t_cur) <= S_max else 0
-        t_hat = sigma_inv(net.round_sigma(sigma(t_cur) + gamma * sigma(t_cur)))
-        noise_std = (sigma(t_hat) ** 2 - sigma(t_cur) ** 2).clip(min=0).sqrt() * s(t_hat) * S_noise
-        x_hat = s(t_hat) / s(t_cur) * x_cur + noise_std * randn_like(x_cur)
-
-        # Euler step, or the 2nd order step through an intermediate point at t_hat + alpha * h.
-        h = t_next - t_hat
-        d_cur = ode_deriv(x_hat, t_hat)
-        if solver == 'euler' or i == num_steps - 1:
-            x_next = x_hat + h * d_cur
-        else:
-            x_prime, t_prime = x_hat + alpha * h * d_cur, t_hat + alpha * h
-            d_prime = ode_deriv(x_prime, t_prime)
-            x_next = x_hat + h * ((1 - 1 / (2 * alpha)) * d_cur + 1 / (2 * alpha) * d_prime)
-
-    return x_next
+    return x
 
 #----------------------------------------------------------------------------
 # Per-sample random streams: image i of a batch always draws from its own generator seeded with
@@ -248,27 +271,31 @@ def split_seeds(seeds, max_batch_size, rank=0, world_size=1):
     return all_batches[rank :: world_size]
 
 #----------------------------------------------------------------------------
-# Sample one batch in EDM's draw order: latents, then random labels (conditional nets only),
-# then the sampler's churn noise, all from the per-seed generators. Returns float64 [B, C, H, W].
+# Sample one batch, drawing from the per-seed streams in EDM's order: the latents, then a
+# random label per image (conditional networks only; the draw happens even when class_idx
+# then fixes the label), then whatever noise the sampler asks for. Returns float64 [B, C, H, W].
+
+def _initial_noise_and_labels(net, rnd, batch_size, device, class_idx):
+    shape = [batch_size, net.img_channels, net.img_resolution, net.img_resolution]
+    noise = rnd.randn(shape, device=device)
+    if not net.label_dim:
+        return noise, None
+    label_index = rnd.randint(net.label_dim, size=[batch_size], device=device)
+    if class_idx is not None:
+        label_index = torch.full_like(label_index, class_idx)
+    return noise, torch.eye(net.label_dim, device=device)[label_index]
 
 def sample_batch(net, batch_seeds, device, class_idx=None, **sampler_kwargs):
-    device = torch.device(device)
     if class_idx is not None and not (0 <= class_idx < net.label_dim):
         raise ValueError(f'class index {class_idx} needs a class-conditional network with more than {class_idx} '
             f'classes; this network has label_dim={net.label_dim}' + (' (unconditional)' if not net.label_dim else ''))
-    batch_size = len(batch_seeds)
+    device = torch.device(device)
     rnd = StackedRandomGenerator(device, batch_seeds)
-    latents = rnd.randn([batch_size, net.img_channels, net.img_resolution, net.img_resolution], device=device)
-    class_labels = None
-    if net.label_dim:
-        class_labels = torch.eye(net.label_dim, device=device)[rnd.randint(net.label_dim, size=[batch_size], device=device)]
-    if class_idx is not None:
-        class_labels[:, :] = 0  # the random draw above still happened, as in the reference
-        class_labels[:, class_idx] = 1
+    noise, labels = _initial_noise_and_labels(net, rnd, len(batch_seeds), device, class_idx)
 
-    sampler_kwargs = {key: value for key, value in sampler_kwargs.items() if value is not None}
-    sampler_fn = ablation_sampler if any(key in sampler_kwargs for key in ABLATION_OPTIONS) else edm_sampler
-    return sampler_fn(net, latents, class_labels, randn_like=rnd.randn_like, **sampler_kwargs)
+    given = {name: value for name, value in sampler_kwargs.items() if value is not None}  # None = the sampler's default
+    sampler = ablation_sampler if set(given) & set(ABLATION_OPTIONS) else edm_sampler
+    return sampler(net, noise, labels, randn_like=rnd.randn_like, **given)
 
 #----------------------------------------------------------------------------
 # Library entry point: sample one image per seed in a single process and return them as a
