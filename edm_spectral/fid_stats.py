@@ -130,10 +130,24 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
     return stats.finalize()
 
 #----------------------------------------------------------------------------
-# Statistics of the images `net` generates for `seeds`, batch by batch in memory: the images
-# are those generate.py would save for the same seeds and options (sample_batch, then EDM's
-# uint8 quantisation), fed straight to the detector.
+# The images `net` generates for this rank's share of `seeds`, batch by batch in memory: the
+# images generate.py would save for the same seeds and options (sample_batch, then EDM's uint8
+# quantisation). Yields (global batch index, uint8 [B, C, H, W] on `device`).
 
+def iter_network_images(net, seeds, max_batch_size=64, device=None, class_idx=None, progress=True, progress_desc=None, **sampler_kwargs):
+    seeds = list(seeds)
+    device = dist.resolve_device(device)
+    bar = tqdm.tqdm(total=len(seeds), unit='img', desc=progress_desc, disable=(not progress or dist.get_rank() != 0))
+    with bar:
+        for batch_index, batch_seeds in _rank_batches(seeds, max_batch_size):
+            if len(batch_seeds) == 0:
+                continue
+            with torch.no_grad():
+                images = to_uint8(sample_batch(net, batch_seeds, device, class_idx=class_idx, **sampler_kwargs))
+            yield batch_index, images
+            bar.update(min(len(batch_seeds) * dist.get_world_size(), bar.total - bar.n))   # the other ranks advance about as far
+
+# Statistics of those images, fed straight to the detector.
 def calculate_network_stats(net, seeds, detector=None, max_batch_size=64, device=None, class_idx=None,
         return_features=False, progress=True, progress_desc=None, **sampler_kwargs):
     seeds = list(seeds)
@@ -142,16 +156,9 @@ def calculate_network_stats(net, seeds, detector=None, max_batch_size=64, device
     device = dist.resolve_device(device)
     detector = _resolve_detector(detector, device)
     stats = FeatureStats(detectors.detector_feature_dim(detector), device, keep_features=return_features)
-    rank_batches = _rank_batches(seeds, max_batch_size)
-    bar = tqdm.tqdm(total=len(seeds), unit='img', desc=progress_desc, disable=(not progress or dist.get_rank() != 0))
-    with bar:
-        for batch_index, batch_seeds in rank_batches:
-            if len(batch_seeds) == 0:
-                continue
-            with torch.no_grad():
-                images = to_uint8(sample_batch(net, batch_seeds, device, class_idx=class_idx, **sampler_kwargs))
-            stats.add(batch_index, detector_features(detector, images, device))
-            bar.update(min(len(batch_seeds) * dist.get_world_size(), bar.total - bar.n))   # the other ranks advance about as far
+    for batch_index, images in iter_network_images(net, seeds, max_batch_size=max_batch_size, device=device, class_idx=class_idx,
+            progress=progress, progress_desc=progress_desc, **sampler_kwargs):
+        stats.add(batch_index, detector_features(detector, images, device))
     return stats.finalize()
 
 #----------------------------------------------------------------------------
