@@ -1,23 +1,29 @@
 """Main training loop: the EDM mechanics, plus exact resume, CPU support, graceful stop and
 sample grids."""
 
-import os
+import contextlib
 import copy
 import json
-import time
+import os
 import pickle
 import signal
+import time
+
 import numpy as np
 import torch
+
 import dnnlib
 from torch_utils import distributed as dist
-from torch_utils import training_stats
 from torch_utils import misc
+from torch_utils import training_stats
 
 #----------------------------------------------------------------------------
-# Stop requests from SIGINT/SIGTERM: the first one asks for a clean stop at the end of the
-# current step, a second SIGINT interrupts at once.
+# Stop requests from SIGINT/SIGTERM: the first one asks for a clean stop (a final snapshot and
+# training state), a second SIGINT interrupts at once. Several processes stop after the same
+# step, so they compare their requests only every _STOP_POLL_STEPS steps and at tick ends: a
+# comparison is an all-reduce plus a host-device sync, too dear for every step.
 
+_STOP_POLL_STEPS = 32
 _stop_requested = False
 
 def _request_stop(signum, frame):
@@ -25,19 +31,20 @@ def _request_stop(signum, frame):
     if _stop_requested and signum == signal.SIGINT:
         raise KeyboardInterrupt
     _stop_requested = True
-    print(f'\nReceived signal {signum}: stopping after this step, writing a final snapshot and training state...', flush=True)
+    print(f'\nReceived signal {signum}: stopping after this step (within {_STOP_POLL_STEPS} steps when several processes '
+        'train), writing a final snapshot and training state...', flush=True)
 
 def _install_stop_handlers():
-    old = {}
+    previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            old[sig] = signal.signal(sig, _request_stop)
+            previous[sig] = signal.signal(sig, _request_stop)
         except ValueError: # Not the main thread: rely on the default behaviour.
             pass
-    return old
+    return previous
 
-def _restore_handlers(old):
-    for sig, handler in old.items():
+def _restore_handlers(previous):
+    for sig, handler in previous.items():
         signal.signal(sig, handler)
 
 # DataLoader workers get the same signals (Ctrl-C reaches the whole process group, torchrun
@@ -46,6 +53,18 @@ def _restore_handlers(old):
 def _ignore_stop_signals_in_worker(worker_id):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+# Whether any process asked to stop. polled=False skips the cross-process comparison (and
+# answers no) on the steps between polls.
+def _stop_agreed(device, polled, synchronize):
+    wanted = _stop_requested or dist.should_stop()
+    if not synchronize:
+        return wanted
+    if not polled:
+        return False
+    flag = torch.tensor([float(wanted)], device=device)
+    torch.distributed.all_reduce(flag)
+    return flag.item() > 0
 
 #----------------------------------------------------------------------------
 # RNG states in a form that torch.load(weights_only=True) accepts (no numpy arrays).
@@ -107,45 +126,10 @@ def _save_grid(net, grid_seeds, device, path):
     save_image_grid(images, path)
 
 #----------------------------------------------------------------------------
-# Main training loop.
+# Process setup: per-rank random streams from the shared seed (ranks draw different noise; DDP
+# makes the initial weights equal), and exact float32 arithmetic as in EDM.
 
-def training_loop(
-    run_dir             = '.',      # Run directory (written by rank 0 only).
-    dataset_kwargs      = {},       # Dataset class_name and arguments.
-    data_loader_kwargs  = {},       # Extra torch.utils.data.DataLoader arguments.
-    network_kwargs      = {},       # Preconditioner class_name and network arguments.
-    loss_kwargs         = {},       # Loss class_name and arguments (incl. spectral_kwargs).
-    optimizer_kwargs    = {},       # Optimizer class_name and arguments; 'lr' is the peak rate.
-    augment_kwargs      = None,     # AugmentPipe class_name and arguments; None = no augmentation.
-    seed                = 0,        # Seed shared by all ranks (each rank derives its own streams).
-    batch_size          = 512,      # Images per optimizer step, summed over all processes.
-    batch_gpu           = None,     # Micro-batch per process (gradient accumulation); None = whole share.
-    total_kimg          = 200000,   # Stop after this many thousand images (float allowed).
-    ema_halflife_kimg   = 500,      # EMA half-life in thousands of images.
-    ema_rampup_ratio    = 0.05,     # Cap the half-life at this fraction of the images seen; None = no cap.
-    lr_rampup_kimg      = 10000,    # Linear LR warm-up in kimg; 0 = full rate from the first step.
-    loss_scaling        = 1,        # Static factor on the loss before backward (fp16 range).
-    kimg_per_tick       = 50,       # Status line and maintenance every this many kimg.
-    snapshot_ticks      = 50,       # Network snapshot every this many ticks; None = never.
-    state_dump_ticks    = 500,      # Training state every this many ticks; None = never.
-    resume_pkl          = None,     # Snapshot whose 'ema' initializes net and EMA; None = random init.
-    resume_state_dump   = None,     # training-state-*.pt to continue from; None = fresh optimizer.
-    resume_kimg         = 0,        # Progress to start from when the state does not record cur_nimg.
-    cudnn_benchmark     = True,     # torch.backends.cudnn.benchmark.
-    device              = None,     # Device, None = cuda if available, else cpu.
-    grid_seeds          = None,     # Seeds of a sample grid written with every snapshot, None = no grid.
-    export_net          = 'ema',    # What the snapshots store under 'ema': 'ema' or 'raw' (the trained net).
-    trust_code          = False,    # Allow resume_pkl/resume_state_dump to execute code embedded in pickles?
-    stop_on_signal      = True,     # Stop cleanly on SIGINT/SIGTERM, writing a final snapshot and state.
-):
-    global _stop_requested
-    if export_net not in ('ema', 'raw'):
-        raise ValueError(f'export_net must be "ema" or "raw", got {export_net!r}')
-
-    # Devices, per-rank seeds and precision flags.
-    start_time = time.time()
-    device = dist.init(device) # idempotent; resolves None/'cuda' to this process' device
-    rank, world_size = dist.get_rank(), dist.get_world_size()
+def _seed_and_configure(seed, rank, world_size, cudnn_benchmark):
     np.random.seed((seed * world_size + rank) % (1 << 31))
     torch.manual_seed(np.random.randint(1 << 31))
     torch.backends.cudnn.benchmark = cudnn_benchmark
@@ -153,228 +137,327 @@ def training_loop(
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
+# Micro-batch per process and the number of micro-batches accumulated per step.
+def _accumulation_plan(batch_size, batch_gpu, world_size):
+    share = batch_size // world_size
+    micro = share if batch_gpu is None else min(batch_gpu, share)
+    rounds = share // max(micro, 1)
+    if micro < 1 or micro * rounds * world_size != batch_size:
+        raise ValueError(f'batch size {batch_size} must be a multiple of {world_size} processes x per-GPU batch {micro}')
+    return share, micro, rounds
+
+# One forward pass of zeros through the network, printing its layer table (rank 0; the pass
+# draws from the RNG when dropout is on, so it stays where EDM runs it).
+def _print_network_summary(net, batch, device):
+    side = net.img_resolution
+    dummy = [torch.zeros([batch, net.img_channels, side, side], device=device), torch.ones([batch], device=device),
+        torch.zeros([batch, net.label_dim], device=device)]
+    with torch.no_grad():
+        misc.print_module_summary(net, dummy, max_nesting=2)
+
+#----------------------------------------------------------------------------
+# Weights from a snapshot (transfer or resume): its EMA network into both net and EMA, by name.
+# Rank 0 reads it first, filling the download cache for URLs.
+
+def _load_snapshot_weights(path, trust_code, rank, targets):
+    from edm_spectral.checkpoints import load_snapshot
+    dist.print0(f'Loading network weights from "{path}"...')
+    if rank != 0:
+        dist.barrier()
+    source = load_snapshot(path, trust_code=trust_code)['ema']
+    if rank == 0:
+        dist.barrier()
+    for target in targets:
+        misc.copy_params_and_buffers(src_module=source, dst_module=target, require_all=False)
+
+# A training state on top: the trained net, Adam, and (ours) the EMA and every rank's RNG.
+def _restore_training_state(state, net, optimizer, ema, rank, world_size, device):
+    saved_net = state['net']
+    if isinstance(saved_net, torch.nn.Module):
+        misc.copy_params_and_buffers(src_module=saved_net, dst_module=net, require_all=True)
+    else:
+        net.load_state_dict(saved_net, strict=True)
+    optimizer.load_state_dict(state['optimizer_state'])
+    if 'ema_state' in state:
+        ema.load_state_dict(state['ema_state'], strict=True)
+    rng_states = state.get('rng_states')
+    if rng_states is None:
+        return
+    if len(rng_states) != world_size:
+        dist.print0(f'Warning: the training state was written by {len(rng_states)} processes, not {world_size}; '
+            'the random streams and data order are not resumed exactly.')
+        return
+    _set_rng_state(rng_states[rank], device)
+
+#----------------------------------------------------------------------------
+# One optimizer step's gradients: the micro-batches in turn, DDP's all-reduce on the last only.
+# The summed loss is weighted by loss_scaling / (images per process), as EDM does.
+
+def _accumulate_gradients(ddp, loss_fn, batches, rounds, device, augment_pipe, loss_weight):
+    for index in range(rounds):
+        with misc.ddp_sync(ddp, index == rounds - 1):
+            images, labels = next(batches)
+            images = images.to(device).to(torch.float32) / 127.5 - 1  # uint8 -> [-1, 1]
+            per_element = loss_fn(net=ddp, images=images, labels=labels.to(device), augment_pipe=augment_pipe)
+            training_stats.report('Loss/loss', per_element)
+            per_element.sum().mul(loss_weight).backward()
+
+# Adam at the given rate, after replacing non-finite gradient entries (EDM leaves them unscaled).
+def _apply_gradients(optimizer, params, lr):
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    for param in params:
+        if param.grad is not None:
+            torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
+    optimizer.step()
+
+# EMA of the parameters only, as EDM; the buffers come from the initial copy.
+@torch.no_grad()
+def _update_ema(ema, net, beta):
+    for averaged, current in zip(ema.parameters(), net.parameters()):
+        averaged.copy_(current.detach().lerp(averaged, beta))
+
+#----------------------------------------------------------------------------
+# The status line of a tick: label, statistic it is reported as, format of the value, and an
+# optional conversion to text before formatting.
+
+_STATUS_FIELDS = [
+    ('tick',        'Progress/tick',                      '<5d',   None),
+    ('kimg',        'Progress/kimg',                      '<9.1f', None),
+    ('time',        'Timing/total_sec',                   '<12s',  dnnlib.util.format_time),
+    ('sec/tick',    'Timing/sec_per_tick',                '<7.1f', None),
+    ('sec/kimg',    'Timing/sec_per_kimg',                '<7.2f', None),
+    ('maintenance', 'Timing/maintenance_sec',             '<6.1f', None),
+    ('cpumem',      'Resources/cpu_mem_gb',               '<6.2f', None),
+    ('gpumem',      'Resources/peak_gpu_mem_gb',          '<6.2f', None),
+    ('reserved',    'Resources/peak_gpu_mem_reserved_gb', '<6.2f', None),
+]
+
+def _status_line(values):
+    parts = []
+    for label, stat, spec, to_text in _STATUS_FIELDS:
+        value = training_stats.report0(stat, values[stat])
+        parts.append(f'{label} {format(to_text(value) if to_text else value, spec)}')
+    return ' '.join(parts)
+
+# Peak GPU memory since the last call, in GiB (allocated, reserved); zeros off CUDA.
+def _peak_gpu_memory_gb(device):
+    if device.type != 'cuda':
+        return 0, 0
+    peaks = torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return peaks
+
+# Resident memory of this process in GiB.
+def _cpu_mem_gb():
+    import psutil
+    return psutil.Process(os.getpid()).memory_info().rss / 2**30
+
+#----------------------------------------------------------------------------
+# Network snapshot in EDM's pickle format: frozen CPU copies of the modules (checked equal on
+# all ranks), written by rank 0, with a sample grid when asked. Returns the path on rank 0.
+
+def _frozen_copy(value, world_size):
+    if not isinstance(value, torch.nn.Module):
+        return value
+    value = copy.deepcopy(value).eval().requires_grad_(False)
+    if world_size > 1:
+        misc.check_ddp_consistency(value)
+    return value.cpu()
+
+def _write_snapshot(run_dir, kimg, network, loss_fn, augment_pipe, dataset_kwargs, rank, world_size, grid_seeds, device):
+    loss_copy = copy.deepcopy(loss_fn)
+    if hasattr(loss_copy, 'cur_kimg'):
+        loss_copy.cur_kimg = 0.0 # progress lives in the training state; keep the pickle a clean constructor state
+    contents = dict(ema=network, loss_fn=loss_copy, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
+    contents = {key: _frozen_copy(value, world_size) for key, value in contents.items()}
+    if rank != 0:
+        return None
+    path = os.path.join(run_dir, f'network-snapshot-{kimg:06d}.pkl')
+    _atomic_write(path, lambda f: pickle.dump(contents, f, protocol=4))
+    if grid_seeds is not None and len(grid_seeds) > 0:
+        _save_grid(contents['ema'].to(device), grid_seeds, device, path[:-len('.pkl')] + '-grid.png')
+    return path
+
+# Training state: EDM's net + optimizer, plus what an exact resume needs (all ranks' RNG).
+def _write_training_state(run_dir, kimg, net, optimizer, ema, progress, batch_size, rank, world_size, device):
+    rng_states = [_get_rng_state(device)]
+    if world_size > 1:
+        gathered = [None] * world_size
+        torch.distributed.all_gather_object(gathered, rng_states[0])
+        rng_states = gathered
+    if rank == 0:
+        state = dict(net=net, optimizer_state=optimizer.state_dict(), ema_state=ema.state_dict(), cur_nimg=progress['cur_nimg'],
+            data_nimg=progress['data_nimg'], rng_states=rng_states, world_size=world_size, batch_size=batch_size)
+        _atomic_write(os.path.join(run_dir, f'training-state-{kimg:06d}.pt'), lambda f: torch.save(state, f))
+
+# Whether a tick writes a file that is due every `every` ticks (None = never) and at the end.
+def _due(tick, every, done):
+    return every is not None and (done or tick % every == 0)
+
+#----------------------------------------------------------------------------
+# Main training loop. One optimizer step per iteration; a tick (status line, snapshots,
+# statistics) after the first step, then every kimg_per_tick thousand images, and at the end.
+
+def training_loop(
+    # What to train on and what to train.
+    run_dir             = '.',      # Run directory (written by rank 0 only).
+    dataset_kwargs      = {},       # Dataset class_name and arguments.
+    data_loader_kwargs  = {},       # Extra torch.utils.data.DataLoader arguments.
+    network_kwargs      = {},       # Preconditioner class_name and network arguments.
+    augment_kwargs      = None,     # AugmentPipe class_name and arguments; None = no augmentation.
+    loss_kwargs         = {},       # Loss class_name and arguments (incl. spectral_kwargs).
+    # How: batches, optimizer, schedules.
+    batch_size          = 512,      # Images per optimizer step, summed over all processes.
+    batch_gpu           = None,     # Micro-batch per process (gradient accumulation); None = whole share.
+    optimizer_kwargs    = {},       # Optimizer class_name and arguments; 'lr' is the peak rate.
+    lr_rampup_kimg      = 10000,    # Linear LR warm-up in kimg; 0 = full rate from the first step.
+    loss_scaling        = 1,        # Static factor on the loss before backward (fp16 range).
+    ema_halflife_kimg   = 500,      # EMA half-life in thousands of images.
+    ema_rampup_ratio    = 0.05,     # Cap the half-life at this fraction of the images seen; None = no cap.
+    total_kimg          = 200000,   # Stop after this many thousand images (float allowed).
+    seed                = 0,        # Seed shared by all ranks (each rank derives its own streams).
+    # Output cadence.
+    kimg_per_tick       = 50,       # Status line and maintenance every this many kimg.
+    snapshot_ticks      = 50,       # Network snapshot every this many ticks; None = never.
+    state_dump_ticks    = 500,      # Training state every this many ticks; None = never.
+    grid_seeds          = None,     # Seeds of a sample grid written with every snapshot, None = no grid.
+    export_net          = 'ema',    # What the snapshots store under 'ema': 'ema' or 'raw' (the trained net).
+    # Starting point.
+    resume_pkl          = None,     # Snapshot whose 'ema' initializes net and EMA; None = random init.
+    resume_state_dump   = None,     # training-state-*.pt to continue from; None = fresh optimizer.
+    resume_kimg         = 0,        # Progress to start from when the state does not record cur_nimg.
+    trust_code          = False,    # Allow resume_pkl/resume_state_dump to execute code embedded in pickles?
+    # Execution.
+    device              = None,     # Device, None = cuda if available, else cpu.
+    cudnn_benchmark     = True,     # torch.backends.cudnn.benchmark.
+    stop_on_signal      = True,     # Stop cleanly on SIGINT/SIGTERM, writing a final snapshot and state.
+):
+    global _stop_requested
+    if export_net not in ('ema', 'raw'):
+        raise ValueError(f'export_net must be "ema" or "raw", got {export_net!r}')
+
+    start_time = time.time()
+    device = dist.init(device) # idempotent; resolves None/'cuda' to this process' device
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    _seed_and_configure(seed, rank, world_size, cudnn_benchmark)
     if rank == 0 and run_dir is not None:
         os.makedirs(run_dir, exist_ok=True)
+    batch_per_process, batch_gpu, rounds = _accumulation_plan(batch_size, batch_gpu, world_size)
 
-    # Per-process micro-batch and number of accumulation rounds.
-    batch_gpu_total = batch_size // world_size
-    if batch_gpu is None or batch_gpu > batch_gpu_total:
-        batch_gpu = batch_gpu_total
-    num_accumulation_rounds = batch_gpu_total // max(batch_gpu, 1)
-    if batch_gpu < 1 or batch_size != batch_gpu * num_accumulation_rounds * world_size:
-        raise ValueError(f'batch size {batch_size} must be a multiple of {world_size} processes x per-GPU batch {batch_gpu}')
-
-    # Read the training state first: its data position decides where the sampler starts.
+    # The training state is read first: its data position decides where the sampler starts.
     state = None
     if resume_state_dump:
-        dist.print0(f'Loading training state from "{resume_state_dump}"...')
         from edm_spectral.checkpoints import load_training_state
+        dist.print0(f'Loading training state from "{resume_state_dump}"...')
         state = load_training_state(resume_state_dump, trust_code=trust_code)
-    cur_nimg = int(state['cur_nimg']) if state is not None and 'cur_nimg' in state else int(resume_kimg * 1000)
-    data_nimg = int(state['data_nimg']) if state is not None and 'data_nimg' in state else 0
+    saved = state if state is not None else {}
+    progress = dict(cur_nimg=int(saved['cur_nimg']) if 'cur_nimg' in saved else int(resume_kimg * 1000),
+        data_nimg=int(saved.get('data_nimg', 0))) # images trained on, images drawn from the data stream
 
-    # Data: an endless shuffled stream, started where the saved run left it.
+    # Endless shuffled data, from where the saved run left it. The order of everything from
+    # here to the EMA copy fixes the random draws (loader seed, initial weights, summary pass).
     dist.print0('Loading dataset...')
-    dataset_obj = dnnlib.util.construct_class_by_name(**dataset_kwargs)
-    dataset_sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=rank, num_replicas=world_size, seed=seed, start_idx=data_nimg)
-    loader_kwargs = dict(data_loader_kwargs)
-    if stop_on_signal and loader_kwargs.get('num_workers', 0) > 0:
-        loader_kwargs.setdefault('worker_init_fn', _ignore_stop_signals_in_worker)
-    dataset_iterator = iter(torch.utils.data.DataLoader(dataset=dataset_obj, sampler=dataset_sampler, batch_size=batch_gpu, **loader_kwargs))
+    dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+    sampler = misc.InfiniteSampler(dataset=dataset, rank=rank, num_replicas=world_size, seed=seed, start_idx=progress['data_nimg'])
+    loader_options = dict(data_loader_kwargs)
+    if stop_on_signal and loader_options.get('num_workers', 0) > 0:
+        loader_options.setdefault('worker_init_fn', _ignore_stop_signals_in_worker)
+    batches = iter(torch.utils.data.DataLoader(dataset=dataset, sampler=sampler, batch_size=batch_gpu, **loader_options))
 
-    # Network, with a summary printed by rank 0.
     dist.print0('Constructing network...')
-    interface_kwargs = dict(img_resolution=dataset_obj.resolution, img_channels=dataset_obj.num_channels, label_dim=dataset_obj.label_dim)
-    net = dnnlib.util.construct_class_by_name(**network_kwargs, **interface_kwargs)
+    net = dnnlib.util.construct_class_by_name(**network_kwargs, img_resolution=dataset.resolution,
+        img_channels=dataset.num_channels, label_dim=dataset.label_dim)
     net.train().requires_grad_(True).to(device)
     if rank == 0:
-        with torch.no_grad():
-            images = torch.zeros([batch_gpu, net.img_channels, net.img_resolution, net.img_resolution], device=device)
-            sigma = torch.ones([batch_gpu], device=device)
-            labels = torch.zeros([batch_gpu, net.label_dim], device=device)
-            misc.print_module_summary(net, [images, sigma, labels], max_nesting=2)
+        _print_network_summary(net, batch_gpu, device)
 
-    # Loss, optimizer, augmentation, DDP wrapper and EMA copy.
     dist.print0('Setting up optimizer...')
     loss_fn = dnnlib.util.construct_class_by_name(**loss_kwargs)
     optimizer = dnnlib.util.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
-    augment_pipe = dnnlib.util.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
+    augment_pipe = None if augment_kwargs is None else dnnlib.util.construct_class_by_name(**augment_kwargs)
+    ddp = net
     if world_size > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
-    else:
-        ddp = net
     ema = copy.deepcopy(net).eval().requires_grad_(False)
 
-    # Initial weights from a snapshot, then the saved training state on top.
     if resume_pkl is not None:
-        dist.print0(f'Loading network weights from "{resume_pkl}"...')
-        from edm_spectral.checkpoints import load_snapshot
-        if rank != 0:
-            dist.barrier() # rank 0 goes first (downloads)
-        data = load_snapshot(resume_pkl, trust_code=trust_code)
-        if rank == 0:
-            dist.barrier()
-        misc.copy_params_and_buffers(src_module=data['ema'], dst_module=net, require_all=False)
-        misc.copy_params_and_buffers(src_module=data['ema'], dst_module=ema, require_all=False)
-        del data
+        _load_snapshot_weights(resume_pkl, trust_code, rank, [net, ema])
     if state is not None:
-        src = state['net']
-        if isinstance(src, torch.nn.Module):
-            misc.copy_params_and_buffers(src_module=src, dst_module=net, require_all=True)
-        else:
-            net.load_state_dict(src, strict=True)
-        optimizer.load_state_dict(state['optimizer_state'])
-        if 'ema_state' in state:
-            ema.load_state_dict(state['ema_state'], strict=True)
-        rng_states = state.get('rng_states', None)
-        if rng_states is not None and len(rng_states) == world_size:
-            _set_rng_state(rng_states[rank], device)
-        elif rng_states is not None:
-            dist.print0(f'Warning: the training state was written by {len(rng_states)} processes, not {world_size}; '
-                'the random streams and data order are not resumed exactly.')
-        del state, src
+        _restore_training_state(state, net, optimizer, ema, rank, world_size, device)
+        del state, saved
 
-    # Main loop: one optimizer step per iteration, maintenance once per tick.
     dist.print0(f'Training for {total_kimg} kimg...')
     dist.print0()
-    tick_start_nimg = cur_nimg
-    tick_start_time = time.time()
-    maintenance_time = tick_start_time - start_time
-    dist.update_progress(cur_nimg // 1000, total_kimg)
-    stats_jsonl = None
-    cur_tick = 0
+    tick = dnnlib.EasyDict(index=0, start_nimg=progress['cur_nimg'], start_time=time.time())
+    tick.maintenance = tick.start_time - start_time
+    dist.update_progress(progress['cur_nimg'] // 1000, total_kimg)
     last_snapshot = None
+    stopped = False
+    synchronize_stops = world_size > 1 and stop_on_signal # every rank must stop after the same step
     _stop_requested = False
-    old_handlers = _install_stop_handlers() if stop_on_signal else {}
-    try:
-        while True:
 
-            # Forward and backward over the micro-batches; DDP syncs on the last one only.
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(_restore_handlers, _install_stop_handlers() if stop_on_signal else {})
+        stats_file = None
+        steps = 0
+        done = False
+        while not done:
             optimizer.zero_grad(set_to_none=True)
-            loss_fn.cur_kimg = cur_nimg / 1000 # read by the spectral warm-up
-            for round_idx in range(num_accumulation_rounds):
-                with misc.ddp_sync(ddp, (round_idx == num_accumulation_rounds - 1)):
-                    images, labels = next(dataset_iterator)
-                    images = images.to(device).to(torch.float32) / 127.5 - 1
-                    labels = labels.to(device)
-                    loss = loss_fn(net=ddp, images=images, labels=labels, augment_pipe=augment_pipe)
-                    training_stats.report('Loss/loss', loss)
-                    loss.sum().mul(loss_scaling / batch_gpu_total).backward()
+            loss_fn.cur_kimg = progress['cur_nimg'] / 1000 # read by the spectral warm-up
+            _accumulate_gradients(ddp, loss_fn, batches, rounds, device, augment_pipe, loss_scaling / batch_per_process)
+            _apply_gradients(optimizer, net.parameters(), optimizer_kwargs['lr'] * learning_rate_factor(progress['cur_nimg'], lr_rampup_kimg))
+            _update_ema(ema, net, ema_beta(progress['cur_nimg'], batch_size, ema_halflife_kimg, ema_rampup_ratio))
+            progress['cur_nimg'] += batch_size
+            progress['data_nimg'] += batch_size
+            steps += 1
 
-            # Optimizer step at the ramped learning rate, with non-finite gradients clamped.
-            lr_factor = learning_rate_factor(cur_nimg, lr_rampup_kimg)
-            for g in optimizer.param_groups:
-                g['lr'] = optimizer_kwargs['lr'] * lr_factor
-            for param in net.parameters():
-                if param.grad is not None:
-                    torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
-            optimizer.step()
-
-            # Update EMA (parameters only, as EDM; buffers come from the initial copy).
-            beta = ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio)
-            with torch.no_grad():
-                for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-                    p_ema.copy_(p_net.detach().lerp(p_ema, beta))
-
-            # Progress, stop requests, and whether this step ends a tick.
-            cur_nimg += batch_size
-            data_nimg += batch_size
-            done = (cur_nimg >= total_kimg * 1000)
-            stop = _stop_requested or dist.should_stop()
-            if world_size > 1 and stop_on_signal: # every rank must stop after the same step
-                flag = torch.tensor([float(stop)], device=device)
-                torch.distributed.all_reduce(flag)
-                stop = bool(flag.item() > 0)
-            if stop and not done:
-                done = True
+            # Does this step end a tick, or the run (done, or stopped on request)?
+            cur_nimg = progress['cur_nimg']
+            done = cur_nimg >= total_kimg * 1000
+            tick_ends = done or tick.index == 0 or cur_nimg >= tick.start_nimg + kimg_per_tick * 1000
+            if not done and _stop_agreed(device, tick_ends or steps % _STOP_POLL_STEPS == 0, synchronize_stops):
+                stopped = done = tick_ends = True
                 dist.print0()
                 dist.print0('Stopping early on request...')
-            if (not done) and (cur_tick != 0) and (cur_nimg < tick_start_nimg + kimg_per_tick * 1000):
+            if not tick_ends:
                 continue
 
-            # Status line; every field is also reported to training_stats.
+            # Status line.
             tick_end_time = time.time()
-            fields = []
-            fields += [f"tick {training_stats.report0('Progress/tick', cur_tick):<5d}"]
-            fields += [f"kimg {training_stats.report0('Progress/kimg', cur_nimg / 1e3):<9.1f}"]
-            fields += [f"time {dnnlib.util.format_time(training_stats.report0('Timing/total_sec', tick_end_time - start_time)):<12s}"]
-            fields += [f"sec/tick {training_stats.report0('Timing/sec_per_tick', tick_end_time - tick_start_time):<7.1f}"]
-            fields += [f"sec/kimg {training_stats.report0('Timing/sec_per_kimg', (tick_end_time - tick_start_time) / max(cur_nimg - tick_start_nimg, 1) * 1e3):<7.2f}"]
-            fields += [f"maintenance {training_stats.report0('Timing/maintenance_sec', maintenance_time):<6.1f}"]
-            fields += [f"cpumem {training_stats.report0('Resources/cpu_mem_gb', _cpu_mem_gb()):<6.2f}"]
-            gpumem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else 0
-            reserved = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == 'cuda' else 0
-            fields += [f"gpumem {training_stats.report0('Resources/peak_gpu_mem_gb', gpumem):<6.2f}"]
-            fields += [f"reserved {training_stats.report0('Resources/peak_gpu_mem_reserved_gb', reserved):<6.2f}"]
-            if device.type == 'cuda':
-                torch.cuda.reset_peak_memory_stats(device)
-            dist.print0(' '.join(fields))
+            tick_seconds = tick_end_time - tick.start_time
+            gpumem, reserved = _peak_gpu_memory_gb(device)
+            dist.print0(_status_line({
+                'Progress/tick': tick.index, 'Progress/kimg': cur_nimg / 1e3,
+                'Timing/total_sec': tick_end_time - start_time, 'Timing/sec_per_tick': tick_seconds,
+                'Timing/sec_per_kimg': tick_seconds / max(cur_nimg - tick.start_nimg, 1) * 1e3,
+                'Timing/maintenance_sec': tick.maintenance, 'Resources/cpu_mem_gb': _cpu_mem_gb(),
+                'Resources/peak_gpu_mem_gb': gpumem, 'Resources/peak_gpu_mem_reserved_gb': reserved,
+            }))
 
-            # Network snapshot in the EDM pickle format (rank 0 writes it).
-            if (snapshot_ticks is not None) and (done or cur_tick % snapshot_ticks == 0):
-                src = net if export_net == 'raw' else ema
-                snapshot_loss = copy.deepcopy(loss_fn)
-                if hasattr(snapshot_loss, 'cur_kimg'):
-                    snapshot_loss.cur_kimg = 0.0 # progress lives in the training state; keep the pickle a clean constructor state
-                data = dict(ema=src, loss_fn=snapshot_loss, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
-                for key, value in data.items():
-                    if isinstance(value, torch.nn.Module):
-                        value = copy.deepcopy(value).eval().requires_grad_(False)
-                        if world_size > 1:
-                            misc.check_ddp_consistency(value)
-                        data[key] = value.cpu()
-                if rank == 0:
-                    last_snapshot = os.path.join(run_dir, f'network-snapshot-{cur_nimg//1000:06d}.pkl')
-                    _atomic_write(last_snapshot, lambda f: pickle.dump(data, f, protocol=4))
-                    if grid_seeds is not None and len(grid_seeds) > 0:
-                        _save_grid(data['ema'].to(device), grid_seeds, device, last_snapshot[:-len('.pkl')] + '-grid.png')
-                del data
+            # Snapshot and training state (EDM: a snapshot at tick 0 too, a state never there).
+            kimg = cur_nimg // 1000
+            if _due(tick.index, snapshot_ticks, done):
+                exported = net if export_net == 'raw' else ema
+                written = _write_snapshot(run_dir, kimg, exported, loss_fn, augment_pipe, dataset_kwargs, rank, world_size, grid_seeds, device)
+                last_snapshot = written or last_snapshot
+            if tick.index != 0 and _due(tick.index, state_dump_ticks, done):
+                _write_training_state(run_dir, kimg, net, optimizer, ema, progress, batch_size, rank, world_size, device)
 
-            # Training state: EDM's net + optimizer, plus what an exact resume needs.
-            if (state_dump_ticks is not None) and (done or cur_tick % state_dump_ticks == 0) and cur_tick != 0:
-                rng_state = _get_rng_state(device)
-                if world_size > 1:
-                    rng_states = [None] * world_size
-                    torch.distributed.all_gather_object(rng_states, rng_state)
-                else:
-                    rng_states = [rng_state]
-                if rank == 0:
-                    dump = dict(net=net, optimizer_state=optimizer.state_dict(), ema_state=ema.state_dict(),
-                        cur_nimg=cur_nimg, data_nimg=data_nimg, rng_states=rng_states, world_size=world_size, batch_size=batch_size)
-                    _atomic_write(os.path.join(run_dir, f'training-state-{cur_nimg//1000:06d}.pt'), lambda f: torch.save(dump, f))
-                    del dump
-
-            # One line of statistics per tick.
+            # One line of statistics per tick (rank 0), then the next tick.
             training_stats.default_collector.update()
             if rank == 0:
-                if stats_jsonl is None:
-                    stats_jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at')
-                stats_jsonl.write(json.dumps(dict(training_stats.default_collector.as_dict(), timestamp=time.time())) + '\n')
-                stats_jsonl.flush()
-            dist.update_progress(cur_nimg // 1000, total_kimg)
-
-            # Next tick.
-            cur_tick += 1
-            tick_start_nimg = cur_nimg
-            tick_start_time = time.time()
-            maintenance_time = tick_start_time - tick_end_time
-            if done:
-                break
-    finally:
-        _restore_handlers(old_handlers)
-        if stats_jsonl is not None:
-            stats_jsonl.close()
+                if stats_file is None:
+                    stats_file = cleanup.enter_context(open(os.path.join(run_dir, 'stats.jsonl'), 'at'))
+                stats_file.write(json.dumps(dict(training_stats.default_collector.as_dict(), timestamp=time.time())) + '\n')
+                stats_file.flush()
+            dist.update_progress(kimg, total_kimg)
+            tick.update(index=tick.index + 1, start_nimg=cur_nimg, start_time=time.time())
+            tick.maintenance = tick.start_time - tick_end_time
 
     dist.barrier() # no rank leaves while another still writes or syncs
     dist.print0()
     dist.print0('Exiting...')
-    return dnnlib.EasyDict(run_dir=run_dir, cur_nimg=cur_nimg, last_snapshot=last_snapshot, stopped_early=bool(_stop_requested))
-
-#----------------------------------------------------------------------------
-# Resident memory of this process in GiB.
-
-def _cpu_mem_gb():
-    import psutil
-    return psutil.Process(os.getpid()).memory_info().rss / 2**30
+    return dnnlib.EasyDict(run_dir=run_dir, cur_nimg=progress['cur_nimg'], last_snapshot=last_snapshot, stopped_early=stopped)
 
 #----------------------------------------------------------------------------
