@@ -3,6 +3,7 @@ al., 2022) and the per-seed machinery around them: noise level discretizations, 
 generalized ablation sampler, per-seed random streams, seed batching and EDM's uint8 quantisation.
 generate.py is the command line on top of this module."""
 
+import inspect
 import re
 from typing import Callable, NamedTuple
 
@@ -216,6 +217,35 @@ def ablation_sampler(net, latents, class_labels=None, randn_like=torch.randn_lik
         x = x_hat + h * ((1 - heun_weight) * slope + heun_weight * slope_ahead)
 
     return x
+
+#----------------------------------------------------------------------------
+# The noise range sample_batch() asks for with these keyword arguments (the given bounds, else
+# the defaults of the sampler they select), checked before any work: a finite range with
+# 0 < sigma_min < sigma_max. The network may narrow it further to its own range.
+
+def check_sigma_range(sigma_min=None, sigma_max=None, **sampler_kwargs):
+    if {name for name, value in sampler_kwargs.items() if value is not None} & set(ABLATION_OPTIONS):
+        defaults = inspect.signature(ablation_sampler).parameters
+        discretization, epsilon_s = [defaults[name].default if sampler_kwargs.get(name) is None else sampler_kwargs[name]
+            for name in ('discretization', 'epsilon_s')]
+        if discretization not in ABLATION_CHOICES['discretization']:
+            raise ValueError(f'discretization must be one of {"|".join(ABLATION_CHOICES["discretization"])}, got {discretization!r}')
+        default_min, default_max = _default_sigma_range(discretization, epsilon_s)
+        sampler = f'the {discretization} discretization'
+    else:
+        defaults = inspect.signature(edm_sampler).parameters
+        default_min, default_max = defaults['sigma_min'].default, defaults['sigma_max'].default
+        sampler = 'the EDM sampler'
+    lo = default_min if sigma_min is None else sigma_min
+    hi = default_max if sigma_max is None else sigma_max
+    for name, value in [('sigma_min', sigma_min), ('sigma_max', sigma_max)]:
+        if value is not None and not 0 < value < float('inf'):
+            raise ValueError(f'{name} must be a finite number > 0, got {value}')
+    if not lo < hi:
+        describe = lambda name, value, given: f'{name}={value:g}' + ('' if given else f' (the default of {sampler})')
+        raise ValueError(f'the noise range is empty: {describe("sigma_min", lo, sigma_min is not None)} '
+            f'must be smaller than {describe("sigma_max", hi, sigma_max is not None)}')
+    return float(lo), float(hi)
 
 #----------------------------------------------------------------------------
 # Per-sample random streams: image i of a batch always draws from its own generator seeded with
