@@ -105,6 +105,63 @@ def make_cache_dir_path(*paths: str) -> str:
     return os.path.join(os.path.expanduser('~'), '.cache', 'dnnlib', *paths)
 
 #----------------------------------------------------------------------------
+# Can an output path be written? Checked before the work starts, so that a bad --outdir or
+# --dest fails in a second with one line instead of a traceback after hours. The check leaves
+# the file system as it was (no folders are made): it finds the nearest existing ancestor and
+# creates and removes a uniquely named probe file there, which also catches what os.access()
+# misses (root on /proc, read-only mounts). Several processes may check the same path at once.
+
+class UnwritablePathError(ValueError):
+    """An output path that cannot be created or written; the message names the option."""
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+def _probe_dir(what: str, path: str, verb: str, folder: str) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix='.write-test-')
+    except OSError as e:
+        raise UnwritablePathError(f'{what} {path} cannot be {verb}: {folder} does not accept new files ({e.strerror or e})') from None
+    os.close(fd)
+    os.remove(probe)
+
+# The folder path will be: an existing one we can write in, or one we can create.
+def check_writable_dir(path: str, what: str = 'output folder') -> None:
+    if not isinstance(path, str) or not path:
+        raise UnwritablePathError(f'{what} must be a non-empty path')
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            raise UnwritablePathError(f'{what} {path} cannot be used: it exists and is not a folder')
+        _probe_dir(what, path, 'written', path)
+        return
+    _check_creatable(what, path)
+
+# The file path will be written (created, or replaced by a new file).
+def check_writable_file(path: str, what: str = 'output file') -> None:
+    if not isinstance(path, str) or not path:
+        raise UnwritablePathError(f'{what} must be a non-empty path')
+    if os.path.isdir(path):
+        raise UnwritablePathError(f'{what} {path} cannot be written: it is a folder')
+    if os.path.lexists(path):
+        if not os.access(path, os.W_OK):
+            raise UnwritablePathError(f'{what} {path} cannot be written: permission denied')
+        _probe_dir(what, path, 'written', os.path.dirname(os.path.abspath(path)))
+        return
+    _check_creatable(what, path)
+
+def _check_creatable(what: str, path: str) -> None:
+    base = _nearest_existing(path)
+    if not os.path.isdir(base):
+        raise UnwritablePathError(f'{what} {path} cannot be created: {base} is a file, not a folder')
+    _probe_dir(what, path, 'created', base)
+
+#----------------------------------------------------------------------------
 # Human-readable duration: 5s, 3m 04s, 2h 03m 04s, 1d 02h 03m.
 
 def format_time(seconds: float) -> str:

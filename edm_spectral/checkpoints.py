@@ -18,6 +18,7 @@ import pickle
 import tempfile
 import types
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -260,14 +261,41 @@ def _describe(path_or_url):
     return os.path.abspath(path_or_url) if '://' not in path_or_url else path_or_url
 
 def _read_pickle(f, path_or_url, trust_code):
+    _refuse_torch_save(f, path_or_url)
     try:
         if trust_code:
-            return pickle.load(f)
-        return _RestrictedUnpickler(f).load()
+            data = pickle.load(f)
+        else:
+            data = _RestrictedUnpickler(f).load()
     except UnsafePickleError as e:
         raise UnsafePickleError(f'{_describe(path_or_url)}: {e}') from None
     except (pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError, AttributeError) as e:
         raise ValueError(f'{_describe(path_or_url)} is not a readable network snapshot (corrupt or truncated pickle?): {type(e).__name__}: {e}') from None
+    if isinstance(data, int) and data == torch.serialization.MAGIC_NUMBER:
+        raise ValueError(_torch_save_message(path_or_url, 'legacy torch.save file'))
+    return data
+
+# A torch.save file (a zip holding <name>/data.pkl, or the legacy format, which starts with a
+# pickled magic number) is what a training state is, not a snapshot: say so, not "corrupt".
+def _torch_save_message(path_or_url, kind):
+    return (f'{_describe(path_or_url)} is a {kind}, not a network snapshot pickle; snapshots are the '
+        f'network-snapshot-*.pkl files of a run (a training-state-*.pt continues a run with --resume)')
+
+def _refuse_torch_save(f, path_or_url):
+    start = f.tell()
+    head = f.read(4)
+    f.seek(start)
+    if head != b'PK\x03\x04':
+        return
+    try:
+        with zipfile.ZipFile(f) as z:
+            names = z.namelist()
+    except zipfile.BadZipFile:
+        names = []
+    f.seek(start)
+    is_torch_save = any(name == 'data.pkl' or name.endswith('/data.pkl') for name in names)
+    raise ValueError(_torch_save_message(path_or_url, 'torch.save file') if is_torch_save else
+        f'{_describe(path_or_url)} is a zip archive, not a network snapshot pickle')
 
 # Modules in a snapshot: frozen copies (eval, no grad) on the given device.
 def _freeze(module, device):
