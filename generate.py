@@ -11,8 +11,9 @@ import PIL.Image
 import torch
 import tqdm
 
+import dnnlib
 from torch_utils import distributed as dist
-from training.sampling import ABLATION_CHOICES, parse_int_list, sample_batch, split_seeds, to_uint8
+from training.sampling import ABLATION_CHOICES, check_sigma_range, parse_int_list, sample_batch, split_seeds, to_uint8
 from edm_spectral.images import save_image, save_image_grid
 
 #----------------------------------------------------------------------------
@@ -96,8 +97,16 @@ def main(network_pkl, outdir, seeds, subdirs, class_idx, max_batch_size, device,
         raise click.BadParameter(str(e), param_hint='--device') from e
     if len(seeds) == 0:
         raise click.BadParameter('no seeds given', param_hint='--seeds')
-    if os.path.exists(outdir) and not os.path.isdir(outdir):
-        raise click.BadParameter(f'{outdir} exists and is not a folder', param_hint='--outdir')
+    try:
+        check_sigma_range(**sampler_kwargs)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--sigma_min' / '--sigma_max'") from e
+    try:
+        dnnlib.util.check_writable_dir(outdir, '--outdir')
+        if grid is not None:
+            dnnlib.util.check_writable_file(grid, '--grid')
+    except dnnlib.util.UnwritablePathError as e:
+        raise click.ClickException(str(e)) from e
     rank_batches = split_seeds(seeds, max_batch_size, dist.get_rank(), dist.get_world_size())
 
     net = _load_network(network_pkl, device, trust_code)
