@@ -8,10 +8,11 @@ import click
 import numpy as np
 import torch
 
+import dnnlib
 from edm_spectral import detectors, fid_stats
 from edm_spectral.fid_stats import calculate_fid_from_inception_stats, calculate_inception_stats, calculate_kid, load_ref_stats  # noqa: F401 (EDM's names, importable from fid)
 from torch_utils import distributed as dist
-from training.sampling import parse_int_list
+from training.sampling import check_sigma_range, parse_int_list
 
 #----------------------------------------------------------------------------
 
@@ -199,6 +200,11 @@ def calc(image_path, network_pkl, ref_path, num_expected, allow_fewer, seed, see
         raise click.UsageError('Give exactly one of --images and --network')
     if network_pkl is not None and len(seeds) < 2:
         raise click.BadParameter('FID needs at least 2 seeds', param_hint='--seeds')
+    if network_pkl is not None:
+        try:
+            check_sigma_range(**sampler_kwargs)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--sigma_min' / '--sigma_max'") from e
     device, det, det_name = _setup(device, detector, workers, trust_code)
     ref = _load_ref(ref_path, det, det_name, kid)
 
@@ -238,6 +244,10 @@ def calc(image_path, network_pkl, ref_path, num_expected, allow_fewer, seed, see
 @_common_options('Load a --detector pickle with plain pickle.load, executing the code stored in it (only for files you trust)')
 def ref(dataset_path, dest_path, batch, features, detector, trust_code, workers, device):
     """Calculate dataset reference statistics needed by 'calc'."""
+    try:
+        dnnlib.util.check_writable_file(dest_path, '--dest')
+    except dnnlib.util.UnwritablePathError as e:
+        raise click.ClickException(str(e)) from e
     device, det, det_name = _setup(device, detector, workers, trust_code)
     stats = _run(calculate_inception_stats, image_path=dataset_path, detector=det, max_batch_size=batch,
         num_workers=workers, device=device, return_features=features)
