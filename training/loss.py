@@ -23,49 +23,62 @@ def _make_spectral(spectral_kwargs, loss_name, allow_ddim=False):
     return spectral
 
 #----------------------------------------------------------------------------
-# Noise level shape for a batch: [N, 1, 1, 1] for images, [N, 1, 1] for 1-D.
+# Shape of per-sample quantities (sigma, weight): [N, 1, 1, 1] for images,
+# [N, 1, 1] for 1-D signals.
 
-def _sigma_shape(images):
+def _per_sample(images):
     return [images.shape[0]] + [1] * (images.ndim - 1)
 
 #----------------------------------------------------------------------------
-# Report the base loss and, if enabled, add lambda_i * L_S,i spread evenly over
-# the elements of sample i, so that loss.sum() gains sum_i lambda_i L_S,i.
+# What the loss classes share: the optional spectral term, the training
+# progress its warm-up reads (the loop sets cur_kimg: EDM's loss call has no
+# argument for it), and the objective once the noise levels are drawn.
 
-def _finish(loss, spectral, x0_hat, x0, weight, sigma, cur_kimg):
-    from torch_utils import training_stats # Lazy: only needed while training.
-    training_stats.report('Loss/base', loss)
-    if spectral is None:
-        return loss
-    L_S = spectral(x0_hat, x0)
-    training_stats.report('Loss/spectral', L_S)
-    lam = spectral.multiplier(weight, sigma, cur_kimg).to(L_S.device)
-    extra = (lam * L_S) / loss[0].numel()
-    return loss + extra.to(loss.dtype).reshape(_sigma_shape(loss))
+class _DenoisingLoss:
+    def _setup_spectral(self, spectral_kwargs, allow_ddim=False):
+        self.spectral = _make_spectral(spectral_kwargs, type(self).__name__, allow_ddim)
+        self.cur_kimg = 0.0
+
+    # The objective at noise levels sigma (drawn first) with per-sample
+    # weights lambda(sigma): augment (the pipe's draws), add noise (the next
+    # draw), denoise, weighted squared error per element. Reports the base
+    # loss and, with a spectral term, adds lambda_i * L_S,i spread evenly over
+    # the elements of sample i, so that loss.sum() gains sum_i lambda_i L_S,i.
+    # x0_hat is the denoiser output unless clean_estimate(noisy, denoised,
+    # augment_labels) is given.
+    def _objective(self, net, images, labels, augment_pipe, sigma, weight, clean_estimate=None):
+        from torch_utils import training_stats # Lazy: only needed while training.
+        clean, augment_labels = (images, None) if augment_pipe is None else augment_pipe(images)
+        noisy = clean + torch.randn_like(clean) * sigma
+        denoised = net(noisy, sigma, labels, augment_labels=augment_labels)
+        loss = weight * ((denoised - clean) ** 2)
+        training_stats.report('Loss/base', loss)
+        if self.spectral is None:
+            return loss
+        x0_hat = denoised if clean_estimate is None else clean_estimate(noisy, denoised, augment_labels)
+        L_S = self.spectral(x0_hat, clean)
+        training_stats.report('Loss/spectral', L_S)
+        lam = self.spectral.multiplier(weight, sigma, self.cur_kimg).to(L_S.device)
+        extra = (lam * L_S) / loss[0].numel()
+        return loss + extra.to(loss.dtype).reshape(_per_sample(loss))
 
 #----------------------------------------------------------------------------
 # Loss function corresponding to the variance preserving (VP) formulation
 # from "Score-Based Generative Modeling through Stochastic Differential
-# Equations".
+# Equations": t uniform in [epsilon_t, 1], weight 1 / sigma(t)^2.
 
 @persistence.persistent_class
-class VPLoss:
+class VPLoss(_DenoisingLoss):
     def __init__(self, beta_d=19.9, beta_min=0.1, epsilon_t=1e-5, spectral_kwargs=None):
         self.beta_d = beta_d
         self.beta_min = beta_min
         self.epsilon_t = epsilon_t
-        self.spectral = _make_spectral(spectral_kwargs, 'VPLoss')
-        self.cur_kimg = 0.0
+        self._setup_spectral(spectral_kwargs)
 
     def __call__(self, net, images, labels=None, augment_pipe=None):
-        rnd_uniform = torch.rand(_sigma_shape(images), device=images.device)
-        sigma = self.sigma(1 + rnd_uniform * (self.epsilon_t - 1))
-        weight = 1 / sigma ** 2
-        y, augment_labels = augment_pipe(images) if augment_pipe is not None else (images, None)
-        n = torch.randn_like(y) * sigma
-        D_yn = net(y + n, sigma, labels, augment_labels=augment_labels)
-        loss = weight * ((D_yn - y) ** 2)
-        return _finish(loss, self.spectral, D_yn, y, weight, sigma, self.cur_kimg)
+        u = torch.rand(_per_sample(images), device=images.device)
+        sigma = self.sigma(1 + u * (self.epsilon_t - 1)) # u = 0 gives t = 1, u = 1 gives t = epsilon_t.
+        return self._objective(net, images, labels, augment_pipe, sigma, 1 / sigma ** 2)
 
     def sigma(self, t):
         t = torch.as_tensor(t)
@@ -74,48 +87,37 @@ class VPLoss:
 #----------------------------------------------------------------------------
 # Loss function corresponding to the variance exploding (VE) formulation
 # from "Score-Based Generative Modeling through Stochastic Differential
-# Equations".
+# Equations": sigma log-uniform in [sigma_min, sigma_max], weight 1 / sigma^2.
 
 @persistence.persistent_class
-class VELoss:
+class VELoss(_DenoisingLoss):
     def __init__(self, sigma_min=0.02, sigma_max=100, spectral_kwargs=None):
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
-        self.spectral = _make_spectral(spectral_kwargs, 'VELoss')
-        self.cur_kimg = 0.0
+        self._setup_spectral(spectral_kwargs)
 
     def __call__(self, net, images, labels=None, augment_pipe=None):
-        rnd_uniform = torch.rand(_sigma_shape(images), device=images.device)
-        sigma = self.sigma_min * ((self.sigma_max / self.sigma_min) ** rnd_uniform)
-        weight = 1 / sigma ** 2
-        y, augment_labels = augment_pipe(images) if augment_pipe is not None else (images, None)
-        n = torch.randn_like(y) * sigma
-        D_yn = net(y + n, sigma, labels, augment_labels=augment_labels)
-        loss = weight * ((D_yn - y) ** 2)
-        return _finish(loss, self.spectral, D_yn, y, weight, sigma, self.cur_kimg)
+        u = torch.rand(_per_sample(images), device=images.device)
+        sigma = self.sigma_min * ((self.sigma_max / self.sigma_min) ** u)
+        return self._objective(net, images, labels, augment_pipe, sigma, 1 / sigma ** 2)
 
 #----------------------------------------------------------------------------
 # Improved loss function proposed in the paper "Elucidating the Design Space
-# of Diffusion-Based Generative Models" (EDM).
+# of Diffusion-Based Generative Models" (EDM): ln(sigma) normal with mean
+# P_mean and deviation P_std, weight (sigma^2 + sigma_data^2) / (sigma sigma_data)^2.
 
 @persistence.persistent_class
-class EDMLoss:
+class EDMLoss(_DenoisingLoss):
     def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=0.5, spectral_kwargs=None):
         self.P_mean = P_mean
         self.P_std = P_std
         self.sigma_data = sigma_data
-        self.spectral = _make_spectral(spectral_kwargs, 'EDMLoss')
-        self.cur_kimg = 0.0
+        self._setup_spectral(spectral_kwargs)
 
     def __call__(self, net, images, labels=None, augment_pipe=None):
-        rnd_normal = torch.randn(_sigma_shape(images), device=images.device)
-        sigma = (rnd_normal * self.P_std + self.P_mean).exp()
-        weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
-        y, augment_labels = augment_pipe(images) if augment_pipe is not None else (images, None)
-        n = torch.randn_like(y) * sigma
-        D_yn = net(y + n, sigma, labels, augment_labels=augment_labels)
-        loss = weight * ((D_yn - y) ** 2)
-        return _finish(loss, self.spectral, D_yn, y, weight, sigma, self.cur_kimg)
+        sigma = (torch.randn(_per_sample(images), device=images.device) * self.P_std + self.P_mean).exp()
+        lam = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
+        return self._objective(net, images, labels, augment_pipe, sigma, lam)
 
 #----------------------------------------------------------------------------
 # Discrete DDPM (Ho et al., linear betas) inside the EDM framework: step i
@@ -126,7 +128,7 @@ class EDMLoss:
 _ddpm_sigma_cache = dict()
 
 @persistence.persistent_class
-class DDPMLoss:
+class DDPMLoss(_DenoisingLoss):
     def __init__(self, beta_start=1e-4, beta_end=0.02, num_steps=1000, spectral_kwargs=None):
         if not 0 < beta_start <= beta_end < 1:
             raise ValueError(f'DDPMLoss needs 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}')
@@ -135,8 +137,7 @@ class DDPMLoss:
         self.beta_start = beta_start
         self.beta_end = beta_end
         self.num_steps = int(num_steps)
-        self.spectral = _make_spectral(spectral_kwargs, 'DDPMLoss', allow_ddim=True)
-        self.cur_kimg = 0.0
+        self._setup_spectral(spectral_kwargs, allow_ddim=True)
 
     # Noise levels sigma_0 .. sigma_{T-1} of the discrete steps (Ho et al.'s
     # t = 1..T), computed in float64, cached per device outside the pickled state.
@@ -150,17 +151,11 @@ class DDPMLoss:
 
     def __call__(self, net, images, labels=None, augment_pipe=None):
         sigmas = self.sigmas(images.device)
-        step = torch.randint(self.num_steps, _sigma_shape(images), device=images.device)
+        step = torch.randint(self.num_steps, _per_sample(images), device=images.device)
         sigma = sigmas[step]
-        weight = 1 / sigma ** 2
-        y, augment_labels = augment_pipe(images) if augment_pipe is not None else (images, None)
-        n = torch.randn_like(y) * sigma
-        D_yn = net(y + n, sigma, labels, augment_labels=augment_labels)
-        loss = weight * ((D_yn - y) ** 2)
-        x0_hat = D_yn
-        if self.spectral is not None and self.spectral.ddim_steps > 1:
-            x0_hat = self.ddim_rollout(net, y + n, D_yn, step, sigmas, labels, augment_labels, self.spectral.ddim_steps)
-        return _finish(loss, self.spectral, x0_hat, y, weight, sigma, self.cur_kimg)
+        K = 1 if self.spectral is None else self.spectral.ddim_steps
+        rollout = None if K == 1 else lambda noisy, denoised, augment_labels: self.ddim_rollout(net, noisy, denoised, step, sigmas, labels, augment_labels, K)
+        return self._objective(net, images, labels, augment_pipe, sigma, 1 / sigma ** 2, rollout)
 
     # Deterministic DDIM (eta = 0) from step i to the clean sample in K steps
     # through the steps round(i*k/K), k = K-1..1. In the unscaled variable
