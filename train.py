@@ -1,6 +1,7 @@
 """Train diffusion-based generative models with the EDM recipe, optionally with a spectral
 (Fourier or wavelet) regularizer."""
 
+import copy
 import os
 import re
 import json
@@ -9,30 +10,8 @@ import torch
 import dnnlib
 from torch_utils import distributed as dist
 from training import training_loop
+from training.sampling import parse_int_list # --cres and --grid-seeds: '0-3,8'
 from edm_spectral.cli import load_snapshot_option, spectral_options, spectral_kwargs_from_options
-
-#----------------------------------------------------------------------------
-# Integers from a string like '0-3,8' (inclusive ranges), as --cres and --grid-seeds take them.
-
-def parse_int_list(s):
-    if isinstance(s, list):
-        return s
-    ranges = []
-    range_re = re.compile(r'^(\d+)-(\d+)$')
-    for p in s.split(','):
-        p = p.strip()
-        m = range_re.match(p)
-        if m:
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise click.BadParameter(f'empty range "{p}"')
-            ranges.extend(range(lo, hi + 1))
-        else:
-            try:
-                ranges.append(int(p))
-            except ValueError:
-                raise click.BadParameter(f'"{p}" is not an integer or a range like 0-7') from None
-    return ranges
 
 #----------------------------------------------------------------------------
 # EMA ramp-up ratio: a float >= 0, or "none" to disable the ramp-up.
@@ -51,18 +30,15 @@ def parse_ema_rampup(s):
     return value
 
 #----------------------------------------------------------------------------
-# Network configurations of the three architectures (EDM's train.py).
+# Network configuration of each --arch (EDM's train.py); the classes' defaults fill in the rest.
 
-def arch_network_kwargs(arch):
-    if arch == 'ddpmpp':
-        return dnnlib.EasyDict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
-            channel_mult_noise=1, resample_filter=[1,1], model_channels=128, channel_mult=[2,2,2])
-    if arch == 'ncsnpp':
-        return dnnlib.EasyDict(model_type='SongUNet', embedding_type='fourier', encoder_type='residual', decoder_type='standard',
-            channel_mult_noise=2, resample_filter=[1,3,3,1], model_channels=128, channel_mult=[2,2,2])
-    if arch == 'adm':
-        return dnnlib.EasyDict(model_type='DhariwalUNet', model_channels=192, channel_mult=[1,2,3,4])
-    raise click.ClickException(f'Unknown architecture: {arch}')
+ARCHS = {
+    'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
+                   channel_mult_noise=1, resample_filter=[1,1], model_channels=128, channel_mult=[2,2,2]),
+    'ncsnpp': dict(model_type='SongUNet', embedding_type='fourier', encoder_type='residual', decoder_type='standard',
+                   channel_mult_noise=2, resample_filter=[1,3,3,1], model_channels=128, channel_mult=[2,2,2]),
+    'adm':    dict(model_type='DhariwalUNet', model_channels=192, channel_mult=[1,2,3,4]),
+}
 
 # Preconditioner and loss of each --precond; ddpm is the discrete DDPM of Ho et al. on the VP network.
 PRECONDS = {
@@ -175,6 +151,64 @@ def check_transfer(path, trust_code, resolution):
         raise click.ClickException(f'--transfer: the snapshot is for {net_res}x{net_res} images, the dataset is {resolution}x{resolution}')
 
 #----------------------------------------------------------------------------
+# Pieces of the options that main() assembles.
+
+# Open the dataset once: its name for the run folder, its resolution and size for the options.
+def inspect_dataset(dataset_kwargs):
+    try:
+        dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+    except (IOError, ValueError) as err:
+        raise click.ClickException(f'--data: {err}')
+    if dataset_kwargs.use_labels and not dataset.has_labels:
+        raise click.ClickException('--cond=True requires labels specified in dataset.json')
+    return dataset.name, dataset.resolution, len(dataset)
+
+# Network: the --arch table, the preconditioner, then the overrides; augmentation adds the 9
+# augment-label inputs.
+def network_options(opts):
+    network = dnnlib.EasyDict(copy.deepcopy(ARCHS[opts.arch]), class_name=PRECONDS[opts.precond][0])
+    if opts.cbase is not None:
+        network.model_channels = opts.cbase
+    if opts.cres is not None:
+        network.channel_mult = opts.cres
+    if opts.augment:
+        network.augment_dim = 9
+    network.update(dropout=opts.dropout, use_fp16=opts.fp16)
+    return network
+
+def loss_options(opts):
+    loss = dnnlib.EasyDict(class_name=PRECONDS[opts.precond][1])
+    spectral = spectral_kwargs_from_options(opts)
+    if spectral is not None:
+        loss.spectral_kwargs = spectral
+    return loss
+
+# The batch must split evenly into processes, and each process' share into micro-batches.
+def check_batch_split(batch, batch_gpu, world_size):
+    if batch % world_size != 0:
+        raise click.ClickException(f'--batch={batch} is not divisible by the number of processes ({world_size})')
+    share = batch // world_size
+    if batch_gpu is not None and share % min(batch_gpu, share) != 0:
+        raise click.ClickException(f'--batch-gpu={batch_gpu} must divide the per-process batch {share}')
+
+# --transfer (weights only, no EMA ramp-up, as EDM) or --resume (the whole state).
+def starting_point_options(opts, resolution):
+    if opts.transfer is None:
+        return resume_options(opts.resume) if opts.resume is not None else {}
+    if opts.resume is not None:
+        raise click.ClickException('--transfer and --resume cannot be specified at the same time')
+    check_transfer(opts.transfer, opts.trust_code, resolution)
+    return dict(resume_pkl=opts.transfer, ema_rampup_ratio=None)
+
+# <dataset>-<cond|uncond>-<arch>-<precond>-gpus<G>-batch<B>-<fp16|fp32>[-<desc>]
+def run_name(dataset_name, opts, world_size):
+    parts = [dataset_name, 'cond' if opts.cond else 'uncond', opts.arch, opts.precond, f'gpus{world_size}',
+        f'batch{opts.batch}', 'fp16' if opts.fp16 else 'fp32']
+    if opts.desc is not None:
+        parts.append(opts.desc)
+    return '-'.join(parts)
+
+#----------------------------------------------------------------------------
 
 @click.command()
 
@@ -250,90 +284,46 @@ def main(**kwargs):
         device = dist.init(opts.device)
     except ValueError as e:
         raise click.ClickException(str(e))
-    c = dnnlib.EasyDict()
 
-    # Data, loader and optimizer; the dataset is opened once to record its size.
-    c.dataset_kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=opts.data, use_labels=opts.cond, xflip=opts.xflip, cache=opts.cache)
-    c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=(device.type == 'cuda'), num_workers=opts.workers, prefetch_factor=2)
-    c.network_kwargs = dnnlib.EasyDict()
-    c.loss_kwargs = dnnlib.EasyDict()
-    c.optimizer_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9,0.999], eps=1e-8)
-
-    try:
-        dataset_obj = dnnlib.util.construct_class_by_name(**c.dataset_kwargs)
-        dataset_name = dataset_obj.name
-        c.dataset_kwargs.resolution = dataset_obj.resolution
-        c.dataset_kwargs.max_size = len(dataset_obj)
-        if opts.cond and not dataset_obj.has_labels:
-            raise click.ClickException('--cond=True requires labels specified in dataset.json')
-        del dataset_obj
-    except (IOError, ValueError) as err:
-        raise click.ClickException(f'--data: {err}')
-
-    # Network architecture, preconditioning and loss.
-    c.network_kwargs.update(arch_network_kwargs(opts.arch))
-    c.network_kwargs.class_name, c.loss_kwargs.class_name = PRECONDS[opts.precond]
-    spectral_kwargs = spectral_kwargs_from_options(opts)
-    if spectral_kwargs is not None:
-        c.loss_kwargs.spectral_kwargs = spectral_kwargs
-
-    # Overrides of the architecture defaults; augmentation adds the 9 augment-label inputs.
-    if opts.cbase is not None:
-        c.network_kwargs.model_channels = opts.cbase
-    if opts.cres is not None:
-        c.network_kwargs.channel_mult = opts.cres
+    # The options in training_options.json's order (EDM's keys first, then ours).
+    dataset_kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=opts.data, use_labels=opts.cond,
+        xflip=opts.xflip, cache=opts.cache)
+    dataset_name, dataset_kwargs.resolution, dataset_kwargs.max_size = inspect_dataset(dataset_kwargs)
+    c = dnnlib.EasyDict(
+        dataset_kwargs=dataset_kwargs,
+        data_loader_kwargs=dnnlib.EasyDict(pin_memory=(device.type == 'cuda'), num_workers=opts.workers, prefetch_factor=2),
+        network_kwargs=network_options(opts),
+        loss_kwargs=loss_options(opts),
+        optimizer_kwargs=dnnlib.EasyDict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9,0.999], eps=1e-8),
+    )
     if opts.augment:
         c.augment_kwargs = augment_pipe_kwargs(opts.augment)
-        c.network_kwargs.augment_dim = 9
-    c.network_kwargs.update(dropout=opts.dropout, use_fp16=opts.fp16)
-
-    # Schedule, batch and cadence.
-    c.total_kimg = duration_to_kimg(opts.duration)
-    c.ema_halflife_kimg = int(opts.ema * 1000)
-    c.update(batch_size=opts.batch, batch_gpu=opts.batch_gpu)
-    c.update(loss_scaling=opts.ls, cudnn_benchmark=opts.bench)
-    c.update(kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
-    if opts.batch % dist.get_world_size() != 0:
-        raise click.ClickException(f'--batch={opts.batch} is not divisible by the number of processes ({dist.get_world_size()})')
-    batch_per_process = opts.batch // dist.get_world_size()
-    if opts.batch_gpu is not None and batch_per_process % min(opts.batch_gpu, batch_per_process) != 0:
-        raise click.ClickException(f'--batch-gpu={opts.batch_gpu} must divide the per-process batch {batch_per_process}')
-
+    c.update(total_kimg=duration_to_kimg(opts.duration), ema_halflife_kimg=int(opts.ema * 1000),
+        batch_size=opts.batch, batch_gpu=opts.batch_gpu, loss_scaling=opts.ls, cudnn_benchmark=opts.bench,
+        kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
+    check_batch_split(opts.batch, opts.batch_gpu, dist.get_world_size())
     c.seed = opts.seed if opts.seed is not None else random_seed(device)
+    c.update(starting_point_options(opts, dataset_kwargs.resolution))
 
-    # Seed, transfer and resume.
-    if opts.transfer is not None:
-        if opts.resume is not None:
-            raise click.ClickException('--transfer and --resume cannot be specified at the same time')
-        check_transfer(opts.transfer, opts.trust_code, c.dataset_kwargs.resolution)
-        c.resume_pkl = opts.transfer
-        c.ema_rampup_ratio = None
-    elif opts.resume is not None:
-        c.update(resume_options(opts.resume))
-
-    # Our additions, after EDM's keys.
     c.lr_rampup_kimg = opts.lr_rampup
-    if opts.ema_rampup is not None:
-        c.ema_rampup_ratio = None if opts.ema_rampup == 'none' else opts.ema_rampup
-    elif 'ema_rampup_ratio' not in c:
-        c.ema_rampup_ratio = 0.05
+    if opts.ema_rampup == 'none':
+        c.ema_rampup_ratio = None
+    elif opts.ema_rampup is not None:
+        c.ema_rampup_ratio = opts.ema_rampup
+    else:
+        c.setdefault('ema_rampup_ratio', 0.05) # --transfer has already turned it off
     if opts.grid_seeds is not None:
         c.grid_seeds = opts.grid_seeds
     if opts.trust_code:
         c.trust_code = True
 
-    # Run folder name: <dataset>-<cond>-<arch>-<precond>-gpus<G>-batch<B>-<dtype>[-desc].
-    cond_str = 'cond' if c.dataset_kwargs.use_labels else 'uncond'
-    dtype_str = 'fp16' if c.network_kwargs.use_fp16 else 'fp32'
-    desc = f'{dataset_name:s}-{cond_str:s}-{opts.arch:s}-{opts.precond:s}-gpus{dist.get_world_size():d}-batch{c.batch_size:d}-{dtype_str:s}'
-    if opts.desc is not None:
-        desc += f'-{opts.desc}'
-
-    summary = [('Dataset path', c.dataset_kwargs.path), ('Class-conditional', c.dataset_kwargs.use_labels),
+    spectral = c.loss_kwargs.get('spectral_kwargs')
+    summary = [('Dataset path', dataset_kwargs.path), ('Class-conditional', dataset_kwargs.use_labels),
         ('Network architecture', opts.arch), ('Preconditioning & loss', opts.precond),
-        ('Spectral regularizer', 'none' if spectral_kwargs is None else spectral_kwargs.get('kind')),
+        ('Spectral regularizer', 'none' if spectral is None else spectral.get('kind')),
         ('Batch size', c.batch_size), ('Mixed-precision', c.network_kwargs.use_fp16)]
-    launch_training(c, desc=desc, outdir=opts.outdir, nosubdir=opts.nosubdir, dry_run=opts.dry_run, device=device, summary=summary)
+    launch_training(c, desc=run_name(dataset_name, opts, dist.get_world_size()), outdir=opts.outdir, nosubdir=opts.nosubdir,
+        dry_run=opts.dry_run, device=device, summary=summary)
 
 #----------------------------------------------------------------------------
 

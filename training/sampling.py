@@ -288,7 +288,7 @@ def parse_int_list(s):
         elif re.fullmatch(r'\d+', part):
             values.append(int(part))
         else:
-            raise ValueError(f'"{part}" in "{s}" is not a non-negative integer or a range like 0-63')
+            raise ValueError(f'"{part}" in "{s}" is not an integer (>= 0) or a range like 0-63')
     return values
 
 #----------------------------------------------------------------------------
