@@ -4,10 +4,6 @@ image experiments as one command."""
 import os
 import re
 import json
-import shlex
-import shutil
-import subprocess
-import sys
 import click
 import torch
 import dnnlib
@@ -101,39 +97,20 @@ def report_movement(network, run_dir, result, export, trust_code):
     return info
 
 #----------------------------------------------------------------------------
-# The paper's grid: 4 regularizers x weighted/unweighted x VP/VE checkpoints, plus an
-# unregularized fine-tune of each checkpoint as control.
+# --sweep: the paper's grid is its own command (python -m edm_spectral.sweep run); this runs
+# it for the -vp and -ve checkpoints named by --network, passing every other option given on
+# the command line to each fine-tune.
 
-SWEEP_REGULARIZERS = [
-    ['--spectral=fourier-amp'],
-    ['--spectral=fourier-amp-phase'],
-    ['--spectral=wavelet', '--spectral-wavelet=haar'],
-    ['--spectral=wavelet', '--spectral-wavelet=bior1.3'],
-]
-
-# This script as the sweep commands call it (relative when below the working directory).
-def _script_path():
-    rel = os.path.relpath(os.path.abspath(__file__))
-    return rel if not rel.startswith('..') else os.path.abspath(__file__)
-
-def sweep_commands(network, launcher, passthrough):
+def sweep_networks(network):
     m = re.search(r'-(vp|ve)\.pkl$', network)
     if not m:
-        raise click.ClickException('--sweep needs a --network ending in -vp.pkl or -ve.pkl; the other one is derived from it')
-    commands = []
-    for arch in ['vp', 've']:
-        net = network[:m.start()] + f'-{arch}.pkl'
-        base = launcher + [_script_path(), f'--network={net}'] + passthrough
-        commands.append(base + ['--spectral=none', '--desc=sweep-none'])
-        for reg in SWEEP_REGULARIZERS:
-            for weight in ['weighted', '1']:
-                tag = '-'.join(x.split('=')[1] for x in reg) + ('-weighted' if weight == 'weighted' else '-unweighted')
-                commands.append(base + reg + [f'--spectral-weight={weight}', f'--desc=sweep-{tag}'])
-    return commands
+        raise click.ClickException('--sweep needs a --network ending in -vp.pkl or -ve.pkl; the other one is derived from it '
+            '(or run python -m edm_spectral.sweep run with one --network per checkpoint)')
+    return [network[:m.start()] + f'-{arch}.pkl' for arch in ['vp', 've']]
 
-# The options given on the command line, rebuilt as arguments for each run of the sweep.
+# The options given on the command line, rebuilt as fine_tune.py arguments.
 def sweep_passthrough(ctx):
-    skip = {'sweep', 'dry_run', 'network', 'nproc', 'spectral', 'spectral_weight', 'spectral_wavelet', 'desc'}
+    skip = {'sweep', 'dry_run', 'network', 'data', 'outdir', 'nproc', 'device', 'trust_code', 'spectral', 'spectral_weight', 'spectral_wavelet', 'desc'}
     args = []
     for param in ctx.command.params:
         if param.name in skip or ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
@@ -148,17 +125,11 @@ def sweep_passthrough(ctx):
             args.append(f'{flag}={value}')
     return args
 
-def run_sweep(ctx, network, nproc, dry_run):
-    passthrough = sweep_passthrough(ctx)
-    torchrun = ['torchrun'] if shutil.which('torchrun') else [sys.executable, '-m', 'torch.distributed.run']
-    launcher = torchrun + ['--standalone', f'--nproc_per_node={nproc}'] if nproc > 1 else [sys.executable]
-    commands = sweep_commands(network, launcher, passthrough)
-    for i, cmd in enumerate(commands):
-        print(f'[{i + 1}/{len(commands)}] {shlex.join(cmd)}', flush=True)
-        if not dry_run:
-            subprocess.run(cmd, check=True)
-    if dry_run:
-        print(f'Dry run: {len(commands)} commands printed, none run.')
+def run_sweep(ctx, opts):
+    from edm_spectral import sweep
+    args = [f'--network={n}' for n in sweep_networks(opts.network)] + [f'--data={opts.data}', f'--outdir={opts.outdir}', f'--nproc={opts.nproc}']
+    args += ([f'--device={opts.device}'] if opts.device else []) + (['--trust-code'] if opts.trust_code else []) + (['--dry-run'] if opts.dry_run else [])
+    sweep.run.main(args + ['--'] + sweep_passthrough(ctx), prog_name='python -m edm_spectral.sweep run', standalone_mode=False)
 
 #----------------------------------------------------------------------------
 
@@ -201,8 +172,8 @@ def run_sweep(ctx, network, nproc, dry_run):
 @click.option('--resume',        help='Continue a fine-tune exactly from its training state', metavar='PT', type=str)
 @click.option('--grid-seeds',    help='Sample a PNG grid with these seeds at every snapshot', metavar='LIST', type=train.parse_int_list)
 @click.option('--trust-code',    help='Let pickles run their embedded code (unsafe)',               is_flag=True)
-@click.option('--sweep',         help="Run the paper's grid (4 regularizers x weighted/unweighted x VP/VE)", is_flag=True)
-@click.option('--nproc',         help='Processes per run in --sweep (torchrun when > 1)', metavar='INT', type=click.IntRange(min=1), default=1)
+@click.option('--sweep',         help="The paper's grid for the -vp and -ve checkpoints: runs python -m edm_spectral.sweep run", is_flag=True)
+@click.option('--nproc',         help='Processes per step of --sweep (torchrun when > 1)', metavar='INT', type=click.IntRange(min=1), default=1)
 @click.option('-n', '--dry-run', help='Print the options (or the sweep commands) and exit',         is_flag=True)
 
 # Spectral regularization.
@@ -224,14 +195,15 @@ def main(**kwargs):
         --spectral=fourier-amp-phase --spectral-weight=weighted
 
     \b
-    # Print the commands of the paper's sweep for FFHQ, then run them
-    python fine_tune.py --sweep --nproc=8 --dry-run \\
+    # The paper's Table 1 for FFHQ (VP and VE): the sweep command; --dry-run prints its commands
+    python -m edm_spectral.sweep run --nproc=8 --data=datasets/ffhq-64x64.zip --outdir=sweep-ffhq \\
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-ffhq-64x64-uncond-vp.pkl \\
-        --data=datasets/ffhq-64x64.zip --outdir=runs
+        --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-ffhq-64x64-uncond-ve.pkl \\
+        --ref=https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/ffhq-64x64.npz
     """
     opts = dnnlib.EasyDict(kwargs)
     if opts.sweep:
-        run_sweep(click.get_current_context(), opts.network, opts.nproc, opts.dry_run)
+        run_sweep(click.get_current_context(), opts)
         return
     try:
         device = dist.init(opts.device)
