@@ -17,6 +17,8 @@ import numpy as np
 import PIL.Image
 from tqdm import tqdm
 
+import dnnlib
+
 #----------------------------------------------------------------------------
 # Parse '--resolution=WxH' (or 'W,H') into a pair of positive ints.
 
@@ -263,6 +265,14 @@ def make_transform(transform: Optional[str], output_width: Optional[int], output
 # Destinations: a zip (ZIP_STORED, written to a temp file, then renamed) or a
 # new or empty folder. Returns (save_bytes(fname, data), close(ok)).
 
+# Before reading the source: can the zip or folder be made there at all?
+def check_dest_writable(dest: str) -> None:
+    check = dnnlib.util.check_writable_file if dest.lower().endswith('.zip') else dnnlib.util.check_writable_dir
+    try:
+        check(dest, '--dest')
+    except dnnlib.util.UnwritablePathError as e:
+        raise click.ClickException(str(e))
+
 def open_dest(dest: str):
     if not dest:
         raise click.ClickException('--dest must not be empty')
@@ -303,6 +313,7 @@ def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, tr
         resolution: Optional[Tuple[int, int]] = None, progress: bool = True) -> int:
     if max_images is not None and max_images < 1:
         raise click.ClickException(f'--max-images must be at least 1, got {max_images}')
+    check_dest_writable(dest)
     width, height = resolution if resolution is not None else (None, None)
     transform_image = make_transform(transform, width, height)
     num_files, input_iter = open_dataset(source, max_images=max_images)

@@ -134,7 +134,7 @@ def _probe_dir(what: str, path: str, verb: str, folder: str) -> None:
 # The folder path will be: an existing one we can write in, or one we can create.
 def check_writable_dir(path: str, what: str = 'output folder') -> None:
     if not isinstance(path, str) or not path:
-        raise UnwritablePathError(f'{what} must be a non-empty path')
+        raise UnwritablePathError(f'{what} must not be empty')
     if os.path.lexists(path):
         if not os.path.isdir(path):
             raise UnwritablePathError(f'{what} {path} cannot be used: it exists and is not a folder')
@@ -145,7 +145,7 @@ def check_writable_dir(path: str, what: str = 'output folder') -> None:
 # The file path will be written (created, or replaced by a new file).
 def check_writable_file(path: str, what: str = 'output file') -> None:
     if not isinstance(path, str) or not path:
-        raise UnwritablePathError(f'{what} must be a non-empty path')
+        raise UnwritablePathError(f'{what} must not be empty')
     if os.path.isdir(path):
         raise UnwritablePathError(f'{what} {path} cannot be written: it is a folder')
     if os.path.lexists(path):

@@ -231,21 +231,21 @@ def load_array_images(path):
         data = data[keys[0]]
     return torch.from_numpy(data)
 
-def generate_network_images(network, seeds, device, batch=64, **sampler_kwargs):
-    from edm_spectral.checkpoints import load_network
+# `option` names the command-line option in messages. A missing, corrupt or refused pickle is
+# one clear error (never unpickled with code execution unless trust_code).
+def generate_network_images(network, seeds, device, batch=64, option='--images', trust_code=False, **sampler_kwargs):
+    from edm_spectral.cli import load_snapshot_option
     from training.sampling import generate_images
-    try:
-        net = load_network(network, device=device)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise click.ClickException(f'Cannot load network {network}: {e}')
+    net = load_snapshot_option(network, option, trust_code=trust_code, device=device)['ema']
     return generate_images(net, seeds=seeds, device=device, max_batch_size=batch, **sampler_kwargs)
 
-def spectrum_of_source(source, num=None, seed=0, mean_remove=True, seeds=None, device='cpu', batch=64, steps=None):
+def spectrum_of_source(source, num=None, seed=0, mean_remove=True, seeds=None, device='cpu', batch=64, steps=None, option='--images', trust_code=False):
     if source.endswith('.pkl'):
         if seeds is None:
             raise click.ClickException(f'{source} is a network: give --seeds to generate images from it')
         sampler_kwargs = dict(num_steps=steps) if steps is not None else {}
-        return radial_power_spectrum(generate_network_images(source, seeds, device, batch=batch, **sampler_kwargs), mean_remove=mean_remove)
+        images = generate_network_images(source, seeds, device, batch=batch, option=option, trust_code=trust_code, **sampler_kwargs)
+        return radial_power_spectrum(images, mean_remove=mean_remove)
     if not os.path.exists(source):
         raise click.ClickException(f'No such file or directory: {source}')
     if source.endswith(('.npy', '.npz')):
@@ -262,7 +262,10 @@ def psd_of_audio_source(source, n_fft=1024, hop=None):
         raise click.ClickException(f'No .wav files found at {source}')
     sums, rate = None, None
     for f in files:
-        sr, wav = scipy.io.wavfile.read(f)
+        try:
+            sr, wav = scipy.io.wavfile.read(f)
+        except (OSError, ValueError, EOFError) as e:
+            raise click.ClickException(f'Cannot read {f} as a .wav file: {e}')
         if rate is not None and sr != rate:
             raise click.ClickException(f'{f}: sample rate {sr} differs from {rate} of the other files')
         rate = sr
@@ -327,14 +330,26 @@ def _source_options(f):
         click.option('--batch',     help='Generation batch size for network sources', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
         click.option('--keep-mean', help='Do not remove each image\'s mean before the FFT', is_flag=True),
         click.option('--device',    help='Device for generating from networks  [default: cuda if available]', metavar='STR', type=str),
+        click.option('--trust-code', help='Load network pickles with plain pickle.load, executing the code stored in them (only for files you trust). Default: safe weights-only loading', is_flag=True),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 # The keyword arguments of spectrum_of_source() for those options.
-def _source_kwargs(num, seed, seeds, steps, batch, keep_mean, device):
-    return dict(num=num, seed=seed, mean_remove=not keep_mean, seeds=seeds, device=_resolve_device(device), batch=batch, steps=steps)
+def _source_kwargs(num, seed, seeds, steps, batch, keep_mean, device, trust_code):
+    return dict(num=num, seed=seed, mean_remove=not keep_mean, seeds=seeds, device=_resolve_device(device), batch=batch, steps=steps,
+        trust_code=trust_code)
+
+# Output files are checked before any spectrum is computed: {option: path or None}.
+def _check_outputs(paths):
+    import dnnlib
+    for option, path in paths.items():
+        if path is not None:
+            try:
+                dnnlib.util.check_writable_file(path, option)
+            except dnnlib.util.UnwritablePathError as e:
+                raise click.ClickException(str(e))
 
 @cmdline.command()
 @click.option('--images', 'source', help=_source_help, metavar='PATH', type=str, required=True)
@@ -342,8 +357,9 @@ def _source_kwargs(num, seed, seeds, steps, batch, keep_mean, device):
 @_source_options
 def compute(source, dest, **source_opts):
     """Radially averaged power spectrum of one image set, written as JSON."""
+    _check_outputs({'--dest': dest})
     kw = _source_kwargs(**source_opts)
-    freqs, psd = spectrum_of_source(source, **kw)
+    freqs, psd = spectrum_of_source(source, option='--images', **kw)
     _write_json(dest, dict(source=source, freqs=freqs.tolist(), psd=psd.tolist(), mean_removed=kw['mean_remove']))
     print(f'Wrote {len(psd)} radial bins to {dest}')
 
@@ -357,10 +373,11 @@ def compute(source, dest, **source_opts):
 @_source_options
 def compare(ref, sets, plot, dest, **source_opts):
     """Compare the spectra of several image sets with a reference (plot + distances)."""
+    _check_outputs({'--plot': plot, '--json': dest})
     kw = _source_kwargs(**source_opts)
-    spectra = {'reference': spectrum_of_source(ref, **kw)}
+    spectra = {'reference': spectrum_of_source(ref, option='--ref', **kw)}
     for s in sets:
-        spectra[_unique_name(_name_of(s), spectra)] = spectrum_of_source(s, **kw)
+        spectra[_unique_name(_name_of(s), spectra)] = spectrum_of_source(s, option='--set', **kw)
     _report(spectra, plot, dest, xlabel='frequency (cycles/pixel)', title='Radially averaged power spectrum')
 
 #----------------------------------------------------------------------------
@@ -374,6 +391,7 @@ def compare(ref, sets, plot, dest, **source_opts):
 @click.option('--hop',          help='Welch hop  [default: n_fft/2]', metavar='INT', type=click.IntRange(min=1))
 def compare_audio(ref, sets, plot, dest, n_fft, hop):
     """Compare averaged power spectral densities of waveform sets with a reference."""
+    _check_outputs({'--plot': plot, '--json': dest})
     spectra = {'reference': psd_of_audio_source(ref, n_fft=n_fft, hop=hop)}
     for s in sets:
         spectra[_unique_name(_name_of(s), spectra)] = psd_of_audio_source(s, n_fft=n_fft, hop=hop)
