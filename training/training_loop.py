@@ -323,6 +323,8 @@ def training_loop(
     state_dump_ticks    = 500,      # Training state every this many ticks; None = never.
     grid_seeds          = None,     # Seeds of a sample grid written with every snapshot, None = no grid.
     export_net          = 'ema',    # What the snapshots store under 'ema': 'ema' or 'raw' (the trained net).
+    snapshot_callback_kwargs = None, # class_name and arguments of a callable run on every rank after each snapshot,
+                                    # f(snapshot_pkl=path on rank 0 else None, net=frozen copy, cur_nimg=..., device=...).
     # Starting point.
     resume_pkl          = None,     # Snapshot whose 'ema' initializes net and EMA; None = random init.
     resume_state_dump   = None,     # training-state-*.pt to continue from; None = fresh optimizer.
@@ -387,6 +389,7 @@ def training_loop(
         _restore_training_state(state, net, optimizer, ema, rank, world_size, device)
         del state, saved
 
+    snapshot_callback = None if snapshot_callback_kwargs is None else dnnlib.util.construct_class_by_name(**snapshot_callback_kwargs)
     dist.print0(f'Training for {total_kimg} kimg...')
     dist.print0()
     tick = dnnlib.EasyDict(index=0, start_nimg=progress['cur_nimg'], start_time=time.time())
@@ -441,6 +444,8 @@ def training_loop(
                 exported = net if export_net == 'raw' else ema
                 written = _write_snapshot(run_dir, kimg, exported, loss_fn, augment_pipe, dataset_kwargs, rank, world_size, grid_seeds, device)
                 last_snapshot = written or last_snapshot
+                if snapshot_callback is not None:
+                    snapshot_callback(snapshot_pkl=written, net=copy.deepcopy(exported).eval().requires_grad_(False), cur_nimg=cur_nimg, device=device)
             if tick.index != 0 and _due(tick.index, state_dump_ticks, done):
                 _write_training_state(run_dir, kimg, net, optimizer, ema, progress, batch_size, rank, world_size, device)
 
