@@ -153,10 +153,20 @@ class SnapshotMetrics:
         if 'spectrum' in wants and self._ref_psd is None:
             self._ref_psd = dataset_spectrum(self.data)[1]
 
+    # Training resumes after the call exactly as without it: the global random streams (drawn
+    # from by data loaders, for one) are restored.
     def __call__(self, snapshot_pkl, net, cur_nimg, device=None):
         if not self.metrics:
             return []
         device = dist.resolve_device(device)
+        numpy_state = np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=([device] if device.type == 'cuda' else []), device_type=device.type):
+                return self._evaluate(snapshot_pkl, net, cur_nimg, device)
+        finally:
+            np.random.set_state(numpy_state)
+
+    def _evaluate(self, snapshot_pkl, net, cur_nimg, device):
         self._prepare(device)
         net = net.to(device)
         num_steps = self.num_steps if self.num_steps is not None else default_num_steps(net.img_resolution)
@@ -215,6 +225,9 @@ def snapshot_callback_kwargs(opts):
             raise click.BadParameter('needs at least 2 seeds (FID estimates a covariance)', param_hint='--metrics-seeds')
     if not metrics:
         return None
+    for option, path in [('--metrics-ref', opts.get('metrics_ref')), ('--metrics-detector', opts.get('metrics_detector'))]:
+        if path is not None and path != detectors.STANDIN_NAME and not dnnlib.util.is_url(path) and not os.path.isfile(path):
+            raise click.BadParameter(f'file not found: "{path}"', param_hint=option)
     return dnnlib.EasyDict(class_name='edm_spectral.metrics.SnapshotMetrics', metrics=metrics, data=opts['data'],
         ref=opts.get('metrics_ref'), detector=opts.get('metrics_detector'), trust_code=bool(opts.get('trust_code', False)),
         seeds=opts.get('metrics_seeds'))
