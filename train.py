@@ -12,6 +12,7 @@ from torch_utils import distributed as dist
 from training import training_loop
 from training.sampling import parse_int_list # --cres and --grid-seeds: '0-3,8'
 from edm_spectral.cli import load_snapshot_option, spectral_options, spectral_kwargs_from_options
+from edm_spectral.metrics import metrics_options, snapshot_callback_kwargs
 
 #----------------------------------------------------------------------------
 # EMA ramp-up ratio: a float >= 0, or "none" to disable the ramp-up.
@@ -257,6 +258,9 @@ def run_name(dataset_name, opts, world_size):
 # Spectral regularization.
 @spectral_options
 
+# Metrics of each snapshot.
+@metrics_options
+
 def main(**kwargs):
     """Train an EDM-style diffusion model (Karras et al. 2022), optionally with a
     Fourier or wavelet regularizer on the denoised image (docs/training.md).
@@ -316,6 +320,9 @@ def main(**kwargs):
         c.grid_seeds = opts.grid_seeds
     if opts.trust_code:
         c.trust_code = True
+    metrics = snapshot_callback_kwargs(opts) # --metrics: evaluated after each snapshot, into metrics.jsonl
+    if metrics is not None:
+        c.snapshot_callback_kwargs = metrics
 
     spectral = c.loss_kwargs.get('spectral_kwargs')
     summary = [('Dataset path', dataset_kwargs.path), ('Class-conditional', dataset_kwargs.use_labels),
