@@ -9,6 +9,7 @@ import torch
 import dnnlib
 from torch_utils import distributed as dist
 from edm_spectral.cli import load_snapshot_option, spectral_options, spectral_kwargs_from_options
+from edm_spectral.metrics import metrics_options, snapshot_callback_kwargs
 import train
 
 #----------------------------------------------------------------------------
@@ -179,6 +180,9 @@ def run_sweep(ctx, opts):
 # Spectral regularization.
 @spectral_options
 
+# Metrics of each snapshot.
+@metrics_options
+
 def main(**kwargs):
     """Fine-tune an EDM checkpoint, optionally with a spectral regularizer, using the
     per-dataset settings of the paper. Architecture, preconditioning, loss and
@@ -302,6 +306,9 @@ def main(**kwargs):
     c.export_net = opts.export
     if opts.trust_code:
         c.trust_code = True
+    metrics = snapshot_callback_kwargs(opts) # --metrics: evaluated after each snapshot, into metrics.jsonl
+    if metrics is not None:
+        c.snapshot_callback_kwargs = metrics
 
     # Run folder name as train.py's, with the regularizer as default description.
     if opts.desc is None:
