@@ -14,7 +14,7 @@ import tqdm
 import dnnlib
 from torch_utils import distributed as dist
 from training.sampling import ABLATION_CHOICES, check_sigma_range, parse_int_list, sample_batch, split_seeds, to_uint8
-from edm_spectral.images import save_image, save_image_grid
+from training.images import save_image, save_image_grid
 
 #----------------------------------------------------------------------------
 # Where the CLI writes the image of a seed.

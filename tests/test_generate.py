@@ -1,4 +1,4 @@
-"""Tests for training/sampling.py (samplers, per-seed RNG, seed batching), generate.py (CLI) and edm_spectral/images.py."""
+"""Tests for training/sampling.py (samplers, per-seed RNG, seed batching), generate.py (CLI) and training/images.py."""
 
 import itertools
 import math
@@ -19,7 +19,8 @@ sys.path.insert(0, ROOT)
 
 import generate  # noqa: E402
 from training import sampling  # noqa: E402
-from edm_spectral import images as img  # noqa: E402
+from training import images as img  # noqa: E402
+from training.dataset import ImageFolderDataset  # noqa: E402
 
 ALL_CONFIGS = list(itertools.product(['euler', 'heun'], ['vp', 've', 'iddpm', 'edm'], ['vp', 've', 'linear'], ['vp', 'none']))
 
@@ -288,13 +289,13 @@ def test_generate_images_labels_drawn_after_latents():
         sampling.generate_images(GaussianDenoiser(), seeds=[0], device='cpu', class_idx=0)
 
 #----------------------------------------------------------------------------
-# edm_spectral.images
+# training.images
 
 def test_to_uint8_known_values():
     x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.999, 1.0, 3.0], dtype=torch.float64)
-    assert img.to_uint8(x).tolist() == [0, 0, 64, 128, 255, 255, 255]
-    assert img.to_uint8(torch.tensor([0.0039])).item() == 128     # 128.497 truncates
-    assert img.to_uint8(np.array([-0.5, 0.5])).tolist() == [64, 191]
+    assert sampling.to_uint8(x).tolist() == [0, 0, 64, 128, 255, 255, 255]
+    assert sampling.to_uint8(torch.tensor([0.0039])).item() == 128     # 128.497 truncates
+    assert sampling.to_uint8(np.array([-0.5, 0.5])).tolist() == [64, 191]
 
 def test_save_image_grid_layout(tmp_path):
     x = torch.arange(5, dtype=torch.uint8).reshape(5, 1, 1, 1).repeat(1, 3, 2, 4) * 40
@@ -313,26 +314,21 @@ def test_image_errors(tmp_path):
         img.save_image_grid(torch.zeros(2, 2, 4, 4, dtype=torch.uint8), tmp_path / 'x.png')
     with pytest.raises(ValueError, match='shape'):
         img.save_image_grid(torch.zeros(4, 4, dtype=torch.uint8), tmp_path / 'x.png')
-    with pytest.raises(FileNotFoundError):
-        img.load_image_folder(tmp_path / 'missing')
-    (tmp_path / 'bad.zip').write_bytes(b'not a zip')
-    with pytest.raises(ValueError, match='zip'):
-        img.load_image_folder(str(tmp_path / 'bad.zip'))
-    os.makedirs(tmp_path / 'mixed')
-    img.save_image(torch.zeros(3, 4, 4, dtype=torch.uint8), str(tmp_path / 'mixed' / 'a.png'))
-    img.save_image(torch.zeros(3, 8, 8, dtype=torch.uint8), str(tmp_path / 'mixed' / 'b.png'))
-    with pytest.raises(ValueError, match='resolution'):
-        img.load_image_folder(str(tmp_path / 'mixed'))
 
-def test_load_image_folder_round_trip(tmp_path):
-    x = torch.randint(0, 256, [3, 3, 4, 5], dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    for i in range(3):
-        img.save_image(x[i], str(tmp_path / 'd' / f'{i // 2:02d}' / f'{i:03d}.png'))
-    assert torch.equal(img.load_image_folder(str(tmp_path / 'd')), x)
-    with zipfile.ZipFile(tmp_path / 'd.zip', 'w') as zf:
+# What save_image writes, the dataset reader (the one image-folder reader) reads back exactly.
+def test_saved_images_read_back(tmp_path):
+    for channels in [3, 1]:
+        x = torch.randint(0, 256, [3, channels, 4, 4], dtype=torch.uint8, generator=torch.Generator().manual_seed(channels))
+        folder = tmp_path / f'c{channels}'
         for i in range(3):
-            zf.write(tmp_path / 'd' / f'{i // 2:02d}' / f'{i:03d}.png', f'{i // 2:02d}/{i:03d}.png')
-    assert torch.equal(img.load_image_folder(str(tmp_path / 'd.zip'), max_images=2), x[:2])
+            img.save_image(x[i], str(folder / f'{i // 2:02d}' / f'{i:03d}.png'))
+        dataset = ImageFolderDataset(str(folder))
+        assert torch.equal(torch.from_numpy(np.stack([dataset[i][0] for i in range(3)])), x)
+        with zipfile.ZipFile(tmp_path / f'c{channels}.zip', 'w') as zf:
+            for i in range(3):
+                zf.write(folder / f'{i // 2:02d}' / f'{i:03d}.png', f'{i // 2:02d}/{i:03d}.png')
+        dataset = ImageFolderDataset(str(tmp_path / f'c{channels}.zip'))
+        assert torch.equal(torch.from_numpy(np.stack([dataset[i][0] for i in range(3)])), x)
 
 #----------------------------------------------------------------------------
 # The CLI on a tiny real network snapshot.

@@ -119,7 +119,7 @@ def ema_beta(cur_nimg, batch_size, ema_halflife_kimg, ema_rampup_ratio):
 
 def _save_grid(net, grid_seeds, device, path):
     from training.sampling import generate_images
-    from edm_spectral.images import save_image_grid
+    from training.images import save_image_grid
     devices = [device] if device.type == 'cuda' else []
     with torch.random.fork_rng(devices=devices):
         images = generate_images(net, grid_seeds, device)
