@@ -1,8 +1,25 @@
-"""Fixtures shared by the test files."""
+"""Fixtures shared by the test files: tiny image datasets and WAV corpora, a released-format
+network snapshot, the training loop's tiny options, a free port, a two-process torchrun
+launcher, a click invoker, modules written from source, and hostile pickles.
 
+The fixtures are the interface. The plain functions behind some of them (make_dataset,
+loop_kwargs, ...) are importable with `from conftest import ...` for code that runs outside
+pytest, such as a worker script started by torchrun; test modules never import each other."""
+
+import json
+import os
 import pickle
+import socket
+import subprocess
+import sys
+import zipfile
 
+import numpy as np
 import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
 #----------------------------------------------------------------------------
 # Hostile pickles: unpickling the payload runs code that writes a marker file, so a test can
@@ -45,5 +62,239 @@ def hostile(tmp_path):
     root = tmp_path / 'hostile'
     root.mkdir()
     return HostileFiles(root)
+
+#----------------------------------------------------------------------------
+# Tiny datasets in dataset_tool.py's layout (00000/img00000000.png, ..., dataset.json): smooth
+# random images (a few low frequencies) that a net can learn something from. A path ending in
+# .zip gets the same files in a zip archive; num_classes > 0 adds random labels.
+
+def make_dataset(path, num=16, res=8, channels=3, num_classes=0, seed=0):
+    import PIL.Image
+    rnd = np.random.RandomState(seed)
+    files, labels = {}, []
+    yy, xx = np.mgrid[0:res, 0:res] / res
+    for idx in range(num):
+        name = f'{idx // 1000:05d}/img{idx:08d}.png'
+        img = np.stack([np.sin(2 * np.pi * (rnd.uniform(0.5, 2) * xx + rnd.uniform(0.5, 2) * yy) + rnd.uniform(0, 6)) for _ in range(channels)], axis=-1)
+        img = np.clip(img * 100 + 128, 0, 255).astype(np.uint8)
+        files[name] = PIL.Image.fromarray(img[:, :, 0] if channels == 1 else img)
+        labels.append([name, int(rnd.randint(num_classes))] if num_classes else None)
+    meta = json.dumps({'labels': labels if num_classes else None})
+    if path.endswith('.zip'):
+        import io
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as z:
+            for name, image in files.items():
+                buf = io.BytesIO()
+                image.save(buf, format='png')
+                z.writestr(name, buf.getvalue())
+            z.writestr('dataset.json', meta)
+        return path
+    for name, image in files.items():
+        os.makedirs(os.path.join(path, os.path.dirname(name)), exist_ok=True)
+        image.save(os.path.join(path, name))
+    with open(os.path.join(path, 'dataset.json'), 'w') as f:
+        f.write(meta)
+    return path
+
+# tiny_dataset(name='tiny-8x8', root=None, num=16, res=8, channels=3, num_classes=0, seed=0):
+# the dataset's path, in a fresh temporary folder unless root is given. The name matters to
+# train.py, whose run folders are named after the dataset.
+@pytest.fixture(scope='session')
+def tiny_dataset(tmp_path_factory):
+    def make(name='tiny-8x8', root=None, **kwargs):
+        root = tmp_path_factory.mktemp('data') if root is None else root
+        return make_dataset(os.path.join(str(root), name), **kwargs)
+    return make
+
+#----------------------------------------------------------------------------
+# A WAV corpus in LJSpeech's layout (wavs/<id>.wav, metadata.csv): one sine tone per clip.
+
+def make_wav_corpus(root, ids, seconds=0.5, rate=22050):
+    from edm_spectral.audio import data as data_lib
+    os.makedirs(os.path.join(root, 'wavs'), exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    with open(os.path.join(root, 'metadata.csv'), 'w') as f:
+        for i, cid in enumerate(ids):
+            data_lib.write_wav(os.path.join(root, 'wavs', cid + '.wav'), 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t), rate)
+            f.write(f'{cid}|Text {i}.|Text {i}.\n')
+    return root
+
+@pytest.fixture(scope='session')
+def wav_corpus():
+    return make_wav_corpus
+
+#----------------------------------------------------------------------------
+# A network snapshot written the way EDM wrote its released files: a plain pickle of a dict
+# with our persistent EDMPrecond (a small DDPM++ with augment inputs), EDMLoss and
+# AugmentPipe. The weights are moved off the initialisation (no exactly-zero tensors).
+
+def write_released_snapshot(path, res=8, seed=0):
+    import torch
+    from training.networks import EDMPrecond
+    from training.loss import EDMLoss
+    from training.augment import AugmentPipe
+    torch.manual_seed(seed)
+    net = EDMPrecond(img_resolution=res, img_channels=3, label_dim=0, use_fp16=False, model_type='SongUNet',
+        embedding_type='positional', encoder_type='standard', decoder_type='standard', channel_mult_noise=1,
+        resample_filter=[1,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4],
+        augment_dim=9, dropout=0.13)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    data = dict(ema=net.eval().requires_grad_(False), loss_fn=EDMLoss(P_mean=-1.0),
+        augment_pipe=AugmentPipe(p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1),
+        dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path='/authors/datasets/tiny.zip'))
+    with open(path, 'wb') as f:
+        pickle.dump(data, f)
+    return str(path)
+
+@pytest.fixture(scope='session')
+def released_snapshot():
+    return write_released_snapshot
+
+#----------------------------------------------------------------------------
+# Options of training_loop.training_loop for a few steps of a tiny net on the CPU, with
+# train.py's preconditioner and augmentation tables; overrides replace any option.
+
+TINY_ARCHS = {
+    'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
+        channel_mult_noise=1, resample_filter=[1,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
+    'ncsnpp': dict(model_type='SongUNet', embedding_type='fourier', encoder_type='residual', decoder_type='standard',
+        channel_mult_noise=2, resample_filter=[1,3,3,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
+    'adm':    dict(model_type='DhariwalUNet', model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
+}
+
+def loop_kwargs(run_dir, data, precond='edm', arch='ddpmpp', augment=None, **overrides):
+    import train
+    net_class, loss_class = train.PRECONDS[precond]
+    network_kwargs = dict(class_name=net_class, dropout=0.1, **TINY_ARCHS[arch])
+    if augment:
+        network_kwargs['augment_dim'] = 9
+    kwargs = dict(
+        run_dir=run_dir,
+        dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=False, xflip=False, cache=True),
+        data_loader_kwargs=dict(num_workers=0),
+        network_kwargs=network_kwargs,
+        loss_kwargs=dict(class_name=loss_class),
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
+        augment_kwargs=train.augment_pipe_kwargs(augment) if augment else None,
+        seed=1, batch_size=4, total_kimg=0.008, kimg_per_tick=0.004, snapshot_ticks=1, state_dump_ticks=1,
+        ema_halflife_kimg=0.01, lr_rampup_kimg=0, device='cpu', stop_on_signal=False,
+    )
+    kwargs.update(overrides)
+    os.makedirs(run_dir, exist_ok=True)
+    return kwargs
+
+# The per-tick statistics of a run folder (stats.jsonl), one dict per tick.
+def read_stats(run_dir):
+    with open(os.path.join(run_dir, 'stats.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+@pytest.fixture(scope='session')
+def tiny_loop():
+    return loop_kwargs
+
+@pytest.fixture(scope='session')
+def run_stats():
+    return read_stats
+
+#----------------------------------------------------------------------------
+# Child processes: a free TCP port for a hand-made process group, and torchrun with two CPU
+# processes. Children import this checkout, run one thread each (two ranks share the cores,
+# and CPU kernels round differently per thread count) and inherit no launcher variables.
+
+def find_free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+@pytest.fixture
+def free_port():
+    return find_free_port()
+
+def child_env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    for key in ['RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT']:
+        env.pop(key, None)
+    env.update(extra)
+    return env
+
+def _tail(text, limit=4000):
+    return text if len(text) <= limit else '...' + text[-limit:]
+
+# torchrun(*args, cwd=REPO, timeout=300): `python -m torch.distributed.run --standalone
+# --nproc_per_node=2 *args` (a script and its options, or -m and a module); asserts a zero exit
+# code, showing the output otherwise, and returns the CompletedProcess.
+def run_torchrun(*args, cwd=REPO, timeout=300):
+    args = [str(a) for a in args]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *args]
+    proc = subprocess.run(cmd, cwd=str(cwd), env=child_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (f'torchrun {" ".join(args)} exited with {proc.returncode}\n'
+        f'--- stdout ---\n{_tail(proc.stdout)}\n--- stderr ---\n{_tail(proc.stderr)}')
+    return proc
+
+@pytest.fixture(scope='session')
+def torchrun():
+    return run_torchrun
+
+#----------------------------------------------------------------------------
+# cli(command, args): invoke a click command in this process. Without fails_with, asserts
+# exit code 0 and shows the output and any traceback otherwise. With fails_with, asserts a
+# non-zero exit with that text in the output and no exception other than click's exit (a
+# message, not a traceback). Returns click's Result.
+
+def invoke_cli(command, args, fails_with=None, **kwargs):
+    from click.testing import CliRunner
+    args = [str(a) for a in args]
+    result = CliRunner().invoke(command, args, **kwargs)
+    where = f'{command.name} {" ".join(args)}'
+    crash = ''
+    if result.exc_info is not None and not isinstance(result.exception, SystemExit):
+        import traceback
+        crash = '--- exception ---\n' + ''.join(traceback.format_exception(*result.exc_info))
+    if fails_with is None:
+        assert result.exit_code == 0, f'{where}\nexited with {result.exit_code}\n--- output ---\n{_tail(result.output)}\n{crash}'
+    else:
+        assert result.exit_code != 0, f'{where}\nsucceeded; expected an error with {fails_with!r}\n--- output ---\n{_tail(result.output)}'
+        assert not crash, f'{where}\nraised instead of printing an error\n{crash}'
+        assert fails_with in result.output, f'{where}\nerror without {fails_with!r}\n--- output ---\n{_tail(result.output)}'
+    return result
+
+@pytest.fixture(scope='session')
+def cli():
+    return invoke_cli
+
+#----------------------------------------------------------------------------
+# Persistent classes need their module's source on disk: source_module(src, prefix) writes
+# src to a module in tmp_path, imports it and forgets it after the test.
+
+@pytest.fixture
+def source_module(tmp_path, monkeypatch):
+    import importlib
+    names = []
+    def load(src, prefix='tiny'):
+        name = f'{prefix}_{os.path.basename(str(tmp_path)).replace("-", "_")}'
+        (tmp_path / f'{name}.py').write_text(src)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        names.append(name)
+        return importlib.import_module(name)
+    yield load
+    for name in names:
+        sys.modules.pop(name, None)
+
+# An object that pickles the way torch_utils.persistence writes a persistent object in the
+# released format, from a hand-made meta dict (type, version, module_src, class_name, state).
+class PersistentMeta:
+    def __init__(self, meta):
+        self.meta = meta
+
+    def __reduce__(self):
+        from torch_utils import persistence
+        return (persistence._reconstruct_persistent_obj, (self.meta,))
+
+@pytest.fixture(scope='session')
+def persistent_meta():
+    return PersistentMeta
 
 #----------------------------------------------------------------------------
