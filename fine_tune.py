@@ -8,7 +8,8 @@ import click
 import torch
 import dnnlib
 from torch_utils import distributed as dist
-from edm_spectral.cli import load_snapshot_option, spectral_options, spectral_kwargs_from_options
+from training import launch
+from edm_spectral.cli import load_snapshot_option, spectral_options, spectral_kwargs_from_options, resume_option, training_readers
 from edm_spectral.metrics import metrics_options, snapshot_callback_kwargs
 import train
 
@@ -280,7 +281,7 @@ def main(**kwargs):
     augment_dim = net_kwargs.get('augment_dim', 0)
     if augment_dim > 0:
         pipe = snap.get('augment_pipe', None)
-        c.augment_kwargs = dnnlib.EasyDict(dict(pipe.init_kwargs)) if pipe is not None else train.augment_pipe_kwargs(augment)
+        c.augment_kwargs = dnnlib.EasyDict(dict(pipe.init_kwargs)) if pipe is not None else launch.augment_pipe_kwargs(augment)
         c.augment_kwargs = dnnlib.EasyDict(class_name='training.augment.AugmentPipe', **{k: v for k, v in c.augment_kwargs.items() if k != 'class_name'})
         c.augment_kwargs.p = augment
     elif augment > 0:
@@ -298,14 +299,12 @@ def main(**kwargs):
     c.resume_pkl = opts.network
     c.ema_rampup_ratio = None if opts.ema_rampup == 'none' else opts.ema_rampup
     if opts.resume is not None:
-        r = train.resume_options(opts.resume)
+        r = resume_option(opts.resume)
         c.resume_kimg, c.resume_state_dump = r.resume_kimg, r.resume_state_dump
     c.lr_rampup_kimg = opts.lr_rampup
     if opts.grid_seeds is not None:
         c.grid_seeds = opts.grid_seeds
     c.export_net = opts.export
-    if opts.trust_code:
-        c.trust_code = True
     metrics = snapshot_callback_kwargs(opts) # --metrics: evaluated after each snapshot, into metrics.jsonl
     if metrics is not None:
         c.snapshot_callback_kwargs = metrics
@@ -328,7 +327,11 @@ def main(**kwargs):
         ('Batch size', batch), ('Learning rate', f'{lr:g}, ramp-up {opts.lr_rampup:g} kimg'),
         ('EMA', f'half-life {opts.ema:g} kimg, ramp-up {c.ema_rampup_ratio}, export {opts.export}'),
         ('Dropout / augment', f'{dropout:g} / {augment:g}'), ('Duration', f'{c.total_kimg:g} kimg')]
-    result = train.launch_training(c, desc=desc, outdir=opts.outdir, nosubdir=opts.nosubdir, dry_run=opts.dry_run, device=device, summary=summary)
+    try:
+        result = launch.launch_training(c, desc=desc, outdir=opts.outdir, nosubdir=opts.nosubdir, dry_run=opts.dry_run, device=device,
+            summary=summary, **training_readers('--network', trust_code=opts.trust_code))
+    except FileExistsError as e:
+        raise click.ClickException(str(e))
     if result is None or dist.get_rank() != 0:
         return
     if result.last_snapshot is None:

@@ -2,16 +2,13 @@
 (Fourier or wavelet) regularizer."""
 
 import copy
-import os
-import re
-import json
 import click
-import torch
 import dnnlib
 from torch_utils import distributed as dist
-from training import training_loop
+from training import launch
+from training.launch import ARCHS, PRECONDS
 from training.sampling import parse_int_list # --cres and --grid-seeds: '0-3,8'
-from edm_spectral.cli import load_snapshot_option, spectral_options, spectral_kwargs_from_options
+from edm_spectral.cli import load_snapshot_option, spectral_options, spectral_kwargs_from_options, resume_option, training_readers
 from edm_spectral.metrics import metrics_options, snapshot_callback_kwargs
 
 #----------------------------------------------------------------------------
@@ -31,118 +28,6 @@ def parse_ema_rampup(s):
     return value
 
 #----------------------------------------------------------------------------
-# Network configuration of each --arch (EDM's train.py); the classes' defaults fill in the rest.
-
-ARCHS = {
-    'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
-                   channel_mult_noise=1, resample_filter=[1,1], model_channels=128, channel_mult=[2,2,2]),
-    'ncsnpp': dict(model_type='SongUNet', embedding_type='fourier', encoder_type='residual', decoder_type='standard',
-                   channel_mult_noise=2, resample_filter=[1,3,3,1], model_channels=128, channel_mult=[2,2,2]),
-    'adm':    dict(model_type='DhariwalUNet', model_channels=192, channel_mult=[1,2,3,4]),
-}
-
-# Preconditioner and loss of each --precond; ddpm is the discrete DDPM of Ho et al. on the VP network.
-PRECONDS = {
-    'vp':   ('training.networks.VPPrecond',  'training.loss.VPLoss'),
-    've':   ('training.networks.VEPrecond',  'training.loss.VELoss'),
-    'edm':  ('training.networks.EDMPrecond', 'training.loss.EDMLoss'),
-    'ddpm': ('training.networks.VPPrecond',  'training.loss.DDPMLoss'),
-}
-
-# Augmentations that EDM enables, each with probability --augment (xflip always on, labelled).
-def augment_pipe_kwargs(p):
-    return dnnlib.EasyDict(class_name='training.augment.AugmentPipe', p=p, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
-
-#----------------------------------------------------------------------------
-# Training duration in kimg from --duration in Mimg: EDM's rounding down to whole kimg (at
-# least 1); durations under 1 kimg are kept exactly, for smoke tests.
-
-def duration_to_kimg(duration):
-    kimg = duration * 1000
-    return max(int(kimg), 1) if kimg >= 1 else kimg
-
-#----------------------------------------------------------------------------
-# Numbered run directory below outdir: the largest existing leading number plus one.
-
-def next_run_dir(outdir, desc):
-    prev_ids = []
-    if os.path.isdir(outdir):
-        for name in os.listdir(outdir):
-            m = re.match(r'^\d+', name)
-            if m and os.path.isdir(os.path.join(outdir, name)):
-                prev_ids.append(int(m.group()))
-    run_dir = os.path.join(outdir, f'{max(prev_ids, default=-1) + 1:05d}-{desc}')
-    if os.path.exists(run_dir):
-        raise click.ClickException(f'Run directory already exists: {run_dir}')
-    return run_dir
-
-#----------------------------------------------------------------------------
-# Draw a seed from the OS on rank 0 and share it with all ranks (torch's own default
-# generator would give the same "random" seed in every run).
-
-def random_seed(device):
-    seed = torch.tensor(int.from_bytes(os.urandom(4), 'little') % (1 << 31), dtype=torch.int64, device=device)
-    if dist.get_world_size() > 1:
-        torch.distributed.broadcast(seed, src=0)
-    return int(seed)
-
-#----------------------------------------------------------------------------
-# Make the run directory, write training_options.json, tee the output to log.txt and train.
-
-def launch_training(c, desc, outdir, nosubdir, dry_run, device, summary):
-    if dist.get_rank() != 0:
-        c.run_dir = None
-    elif nosubdir:
-        c.run_dir = outdir
-    else:
-        c.run_dir = next_run_dir(outdir, desc)
-
-    dist.print0()
-    dist.print0('Training options:')
-    dist.print0(json.dumps(c, indent=2))
-    dist.print0()
-    dist.print0(f'Output directory:        {c.run_dir}')
-    for key, value in summary:
-        dist.print0(f'{key + ":":<24} {value}')
-    dist.print0(f'Number of processes:     {dist.get_world_size()}')
-    dist.print0(f'Device:                  {device}')
-    dist.print0()
-    if dry_run:
-        dist.print0('Dry run; exiting.')
-        return None
-
-    dist.print0('Creating output directory...')
-    logger = None
-    if dist.get_rank() == 0:
-        os.makedirs(c.run_dir, exist_ok=True)
-        with open(os.path.join(c.run_dir, 'training_options.json'), 'wt') as f:
-            json.dump(c, f, indent=2)
-        logger = dnnlib.util.Logger(file_name=os.path.join(c.run_dir, 'log.txt'), file_mode='a', should_flush=True)
-    try:
-        result = training_loop.training_loop(**c, device=device)
-    finally:
-        if logger is not None:
-            logger.close()
-    dist.shutdown()
-    return result
-
-#----------------------------------------------------------------------------
-# Resolve --resume: the state file, its kimg and (when present) its sibling snapshot.
-
-def resume_options(path):
-    m = re.fullmatch(r'training-state-(\d+)\.pt', os.path.basename(path))
-    if not m:
-        raise click.ClickException(f'--resume must point to a training-state-<kimg>.pt file from a previous run, got "{path}"')
-    if not os.path.isfile(path):
-        raise click.ClickException(f'--resume: file not found: "{path}"')
-    c = dnnlib.EasyDict()
-    pkl = os.path.join(os.path.dirname(path), f'network-snapshot-{m.group(1)}.pkl')
-    if os.path.isfile(pkl):
-        c.resume_pkl = pkl
-    c.resume_kimg = int(m.group(1))
-    c.resume_state_dump = path
-    return c
-
 # Read the --transfer snapshot once up front, so that a missing, corrupt or refused pickle, or
 # one made for another resolution, fails here and not after the training loop has built everything.
 def check_transfer(path, trust_code, resolution):
@@ -195,7 +80,7 @@ def check_batch_split(batch, batch_gpu, world_size):
 # --transfer (weights only, no EMA ramp-up, as EDM) or --resume (the whole state).
 def starting_point_options(opts, resolution):
     if opts.transfer is None:
-        return resume_options(opts.resume) if opts.resume is not None else {}
+        return resume_option(opts.resume) if opts.resume is not None else {}
     if opts.resume is not None:
         raise click.ClickException('--transfer and --resume cannot be specified at the same time')
     check_transfer(opts.transfer, opts.trust_code, resolution)
@@ -301,12 +186,12 @@ def main(**kwargs):
         optimizer_kwargs=dnnlib.EasyDict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9,0.999], eps=1e-8),
     )
     if opts.augment:
-        c.augment_kwargs = augment_pipe_kwargs(opts.augment)
-    c.update(total_kimg=duration_to_kimg(opts.duration), ema_halflife_kimg=int(opts.ema * 1000),
+        c.augment_kwargs = launch.augment_pipe_kwargs(opts.augment)
+    c.update(total_kimg=launch.duration_to_kimg(opts.duration), ema_halflife_kimg=launch.ema_to_kimg(opts.ema),
         batch_size=opts.batch, batch_gpu=opts.batch_gpu, loss_scaling=opts.ls, cudnn_benchmark=opts.bench,
         kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
     check_batch_split(opts.batch, opts.batch_gpu, dist.get_world_size())
-    c.seed = opts.seed if opts.seed is not None else random_seed(device)
+    c.seed = opts.seed if opts.seed is not None else launch.random_seed(device)
     c.update(starting_point_options(opts, dataset_kwargs.resolution))
 
     c.lr_rampup_kimg = opts.lr_rampup
@@ -318,8 +203,6 @@ def main(**kwargs):
         c.setdefault('ema_rampup_ratio', 0.05) # --transfer has already turned it off
     if opts.grid_seeds is not None:
         c.grid_seeds = opts.grid_seeds
-    if opts.trust_code:
-        c.trust_code = True
     metrics = snapshot_callback_kwargs(opts) # --metrics: evaluated after each snapshot, into metrics.jsonl
     if metrics is not None:
         c.snapshot_callback_kwargs = metrics
@@ -329,8 +212,12 @@ def main(**kwargs):
         ('Network architecture', opts.arch), ('Preconditioning & loss', opts.precond),
         ('Spectral regularizer', 'none' if spectral is None else spectral.get('kind')),
         ('Batch size', c.batch_size), ('Mixed-precision', c.network_kwargs.use_fp16)]
-    launch_training(c, desc=run_name(dataset_name, opts, dist.get_world_size()), outdir=opts.outdir, nosubdir=opts.nosubdir,
-        dry_run=opts.dry_run, device=device, summary=summary)
+    readers = training_readers('--transfer' if opts.transfer is not None else '--resume', trust_code=opts.trust_code)
+    try:
+        launch.launch_training(c, desc=run_name(dataset_name, opts, dist.get_world_size()), outdir=opts.outdir, nosubdir=opts.nosubdir,
+            dry_run=opts.dry_run, device=device, summary=summary, **readers)
+    except FileExistsError as e:
+        raise click.ClickException(str(e))
 
 #----------------------------------------------------------------------------
 

@@ -6,16 +6,15 @@ tensors, numpy scalars and containers, turns every persistent object into a
 placeholder holding its class name and state, and the objects are rebuilt from
 our own classes in training.* with their recorded constructor arguments and
 weights (load_state_dict(strict=True)). trust_code=True is the plain pickle path.
+Snapshots are written by training.snapshots.
 """
 
 import codecs
 import collections
-import copy
 import importlib
 import io
 import os
 import pickle
-import tempfile
 import types
 import warnings
 import zipfile
@@ -366,32 +365,5 @@ def load_training_state(path, trust_code=False):
     if not isinstance(data, dict) or 'net' not in data:
         raise ValueError(f'{os.path.abspath(path)} is not a training state (expected a dict with key "net")')
     return data
-
-#----------------------------------------------------------------------------
-# Write a snapshot in EDM's format: a plain dict of frozen CPU copies, written
-# atomically so that a crash never leaves a truncated file.
-
-def save_snapshot(path, ema, loss_fn=None, augment_pipe=None, dataset_kwargs=None):
-    def freeze_copy(obj):
-        if obj is None:
-            return None
-        obj = copy.deepcopy(obj)
-        if isinstance(obj, torch.nn.Module):
-            obj = obj.eval().requires_grad_(False).cpu()
-        return obj
-    if not isinstance(ema, torch.nn.Module):
-        raise TypeError('save_snapshot(): ema must be a torch.nn.Module')
-    data = dict(ema=freeze_copy(ema), loss_fn=freeze_copy(loss_fn), augment_pipe=freeze_copy(augment_pipe),
-        dataset_kwargs=_to_plain_dict(dict(dataset_kwargs or {})))
-    dirname = os.path.dirname(os.path.abspath(path))
-    os.makedirs(dirname, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dirname, prefix='.tmp-snapshot-')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            pickle.dump(data, f, protocol=4)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 #----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Command-line pieces shared by the CLIs: the --spectral* options of every training CLI, and
 reading a network snapshot named by an option."""
 
+import functools
 import inspect
 import os
 import pickle
@@ -153,5 +154,23 @@ def load_snapshot_option(path, option, trust_code=False, device='cpu'):
     finally:
         if dist.get_rank() == 0:
             dist.barrier()
+
+# --resume: training.launch.resume_kwargs, with its problems as messages.
+
+def resume_option(path):
+    from training.launch import resume_kwargs
+    try:
+        return resume_kwargs(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(f'--resume: {e}') from e
+
+# The readers training_loop uses for resume_pkl and resume_state_dump (training/ does not
+# import this package): the safe loader unless trust_code, snapshots read as above, with
+# `option` (e.g. '--transfer') in the messages.
+
+def training_readers(option, trust_code=False):
+    from edm_spectral.checkpoints import load_training_state
+    return dict(load_snapshot=functools.partial(load_snapshot_option, option=option, trust_code=trust_code),
+        load_training_state=functools.partial(load_training_state, trust_code=trust_code))
 
 #----------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def shared(tmp_path_factory):
     for i in range(4):
         PIL.Image.fromarray(rnd.randint(0, 256, size=[8, 8, 3], dtype=np.uint8)).save(data / f'img{i}.png')
     from training.networks import EDMPrecond
-    from edm_spectral.checkpoints import save_snapshot
+    from training.snapshots import save_snapshot
     torch.manual_seed(0)
     net = EDMPrecond(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=16, channel_mult=[1, 2],
         num_blocks=1, attn_resolutions=[4])

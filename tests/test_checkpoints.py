@@ -1,5 +1,5 @@
-"""Tests for edm_spectral.checkpoints: weights-only loading of snapshots and
-training states, refusal of code, and loadability of our snapshots by a
+"""Tests for edm_spectral.checkpoints: weights-only loading of snapshots (written by
+training.snapshots) and training states, refusal of code, and loadability of our snapshots by a
 stock EDM environment."""
 
 import importlib
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from edm_spectral import checkpoints
+from training.snapshots import save_snapshot
 from torch_utils import persistence
 from stock_env import run_in_stock_env
 
@@ -37,7 +38,7 @@ def test_edm_precond_snapshot_round_trip(tmp_path):
     loss_fn = EDMLoss(P_mean=-1.0, P_std=1.5, spectral_kwargs=dict(kind='fourier-amp', weight=0.5))
     augment_pipe = AugmentPipe(p=0.5, xflip=1e8, scale=1, rotate_frac=1)
     path = tmp_path / 'network-snapshot-000000.pkl'
-    checkpoints.save_snapshot(str(path), net, loss_fn, augment_pipe, dnnlib_like_kwargs())
+    save_snapshot(str(path), net, loss_fn, augment_pipe, dnnlib_like_kwargs())
     assert net.training # the caller's objects are untouched
 
     data = checkpoints.load_snapshot(str(path))
@@ -106,7 +107,7 @@ def test_other_preconds_round_trip(tmp_path, class_name, kwargs):
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.01)
     path = tmp_path / 'snap.pkl'
-    checkpoints.save_snapshot(str(path), net)
+    save_snapshot(str(path), net)
     ema = checkpoints.load_network(str(path))
     assert type(ema) is type(net)
     assert list(ema.state_dict().keys()) == list(net.state_dict().keys())
@@ -279,7 +280,7 @@ def test_bad_files(tmp_path):
 
     net = tiny_edm_net()
     good = tmp_path / 'good.pkl'
-    checkpoints.save_snapshot(str(good), net)
+    save_snapshot(str(good), net)
     truncated = tmp_path / 'truncated.pkl'
     truncated.write_bytes(good.read_bytes()[:5000])
     with pytest.raises(ValueError, match='corrupt or truncated'):
@@ -301,6 +302,6 @@ def test_bad_files(tmp_path):
         checkpoints.load_training_state(str(garbage_state))
 
     with pytest.raises(TypeError):
-        checkpoints.save_snapshot(str(tmp_path / 'x.pkl'), ema='not a module')
+        save_snapshot(str(tmp_path / 'x.pkl'), ema='not a module')
 
 #----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ COMMON = ['--detector=standin', '--workers=0', '--device=cpu']
 
 def _make_snapshot(path, channels=3, label_dim=0):
     from training.networks import EDMPrecond
-    from edm_spectral.checkpoints import save_snapshot
+    from training.snapshots import save_snapshot
     net = EDMPrecond(img_resolution=8, img_channels=channels, label_dim=label_dim, model_type='SongUNet',
         model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
     g = torch.Generator().manual_seed(1)

@@ -335,7 +335,7 @@ def test_saved_images_read_back(tmp_path):
 
 def make_snapshot(path, channels=3, label_dim=0):
     from training.networks import EDMPrecond
-    from edm_spectral.checkpoints import save_snapshot
+    from training.snapshots import save_snapshot
     net = EDMPrecond(img_resolution=8, img_channels=channels, label_dim=label_dim, model_type='SongUNet',
         model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
     g = torch.Generator().manual_seed(1)

@@ -183,7 +183,7 @@ def test_cli_compare_audio(tmp_path):
     assert os.path.getsize(tmp_path / 'a.png') > 0
 
 def test_cli_network_source(tmp_path):
-    from edm_spectral.checkpoints import save_snapshot
+    from training.snapshots import save_snapshot
     from training.networks import EDMPrecond
     torch.manual_seed(0)
     net = EDMPrecond(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=16, channel_mult=[1, 2],

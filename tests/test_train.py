@@ -21,7 +21,8 @@ if ROOT not in sys.path:
 
 import dnnlib
 import train
-from training import training_loop
+from training import launch, training_loop
+from edm_spectral import checkpoints
 
 #----------------------------------------------------------------------------
 # Helpers shared with test_fine_tune.py.
@@ -52,7 +53,7 @@ TINY_ARCHS = {
 }
 
 def loop_kwargs(run_dir, data, precond='edm', arch='ddpmpp', augment=None, **overrides):
-    net_class, loss_class = train.PRECONDS[precond]
+    net_class, loss_class = launch.PRECONDS[precond]
     network_kwargs = dict(class_name=net_class, dropout=0.1, **TINY_ARCHS[arch])
     if augment:
         network_kwargs['augment_dim'] = 9
@@ -63,9 +64,10 @@ def loop_kwargs(run_dir, data, precond='edm', arch='ddpmpp', augment=None, **ove
         network_kwargs=network_kwargs,
         loss_kwargs=dict(class_name=loss_class),
         optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
-        augment_kwargs=train.augment_pipe_kwargs(augment) if augment else None,
+        augment_kwargs=launch.augment_pipe_kwargs(augment) if augment else None,
         seed=1, batch_size=4, total_kimg=0.008, kimg_per_tick=0.004, snapshot_ticks=1, state_dump_ticks=1,
         ema_halflife_kimg=0.01, lr_rampup_kimg=0, device='cpu', stop_on_signal=False,
+        load_snapshot=checkpoints.load_snapshot, load_training_state=checkpoints.load_training_state,
     )
     kwargs.update(overrides)
     os.makedirs(run_dir, exist_ok=True)
@@ -76,8 +78,7 @@ def read_stats(run_dir):
         return [json.loads(line) for line in f]
 
 def load_state(path):
-    from edm_spectral.checkpoints import load_training_state
-    return load_training_state(path)
+    return checkpoints.load_training_state(path)
 
 def free_port():
     with socket.socket() as s:
@@ -123,8 +124,8 @@ def test_precond_arch_steps(tmp_path, data, precond, arch):
     assert stats[0]['Loss/loss']['num'] == 4 * 3 * 8 * 8 # one reported value per element
     from edm_spectral.checkpoints import load_snapshot
     snap = load_snapshot(result.last_snapshot)
-    assert type(snap['ema']).__name__ == train.PRECONDS[precond][0].split('.')[-1]
-    assert type(snap['loss_fn']).__name__ == train.PRECONDS[precond][1].split('.')[-1]
+    assert type(snap['ema']).__name__ == launch.PRECONDS[precond][0].split('.')[-1]
+    assert type(snap['loss_fn']).__name__ == launch.PRECONDS[precond][1].split('.')[-1]
     assert (snap['augment_pipe'] is not None) == bool(augment)
     x = torch.zeros([1, 3, 8, 8])
     assert torch.isfinite(snap['ema'](x, torch.ones([1]))).all()
@@ -306,7 +307,7 @@ def test_train_cli_errors(tmp_path, data):
     with open(tmp_path / 'evil.pkl', 'wb') as f:
         pickle.dump(dict(ema=_Evil(marker)), f)
     from training.networks import EDMPrecond
-    from edm_spectral.checkpoints import save_snapshot
+    from training.snapshots import save_snapshot
     save_snapshot(str(tmp_path / 'res16.pkl'), EDMPrecond(img_resolution=16, img_channels=3, **TINY_ARCHS['ddpmpp']))
     for name, message in [('corrupt.pkl', 'not a readable network snapshot'), ('evil.pkl', '--trust-code'), ('res16.pkl', 'for 16x16 images, the dataset is 8x8')]:
         res = CliRunner().invoke(train.main, base + [f'--data={data}', f'--transfer={tmp_path / name}'])
@@ -322,8 +323,17 @@ def test_train_cli_errors(tmp_path, data):
 def test_parse_helpers():
     assert train.parse_int_list('1,2,5-7') == [1, 2, 5, 6, 7]
     assert train.parse_ema_rampup('none') == 'none' and train.parse_ema_rampup('0.1') == 0.1
-    assert train.duration_to_kimg(200) == 200000 and train.duration_to_kimg(0.0015) == 1 # EDM rounds down to whole kimg
-    assert train.duration_to_kimg(0.000008) == pytest.approx(0.008) # below 1 kimg: exact, for smoke tests
+    assert launch.duration_to_kimg(200) == 200000 and launch.duration_to_kimg(0.0015) == 1 # EDM rounds down to whole kimg
+    assert launch.duration_to_kimg(0.000008) == pytest.approx(0.008) # below 1 kimg: exact, for smoke tests
+    assert launch.ema_to_kimg(0.5) == 500 and launch.ema_to_kimg(0.025) == 25 and launch.ema_to_kimg(0.0125) == 12 # EDM's int()
+
+# training/ does not import the safe loader: a run that starts from files needs the caller's readers.
+def test_resume_needs_readers(tmp_path, data):
+    kwargs = loop_kwargs(str(tmp_path / 'run'), data)
+    for name, value in [('resume_pkl', 'x.pkl'), ('resume_state_dump', 'training-state-000000.pt')]:
+        reader = 'load_snapshot' if name == 'resume_pkl' else 'load_training_state'
+        with pytest.raises(ValueError, match=reader):
+            training_loop.training_loop(**dict(kwargs, **{name: value, reader: None}))
 
 #----------------------------------------------------------------------------
 # Two Gloo processes under torchrun: identical weights on both ranks (checked at every

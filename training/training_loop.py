@@ -5,7 +5,6 @@ import contextlib
 import copy
 import json
 import os
-import pickle
 import signal
 import time
 
@@ -16,6 +15,7 @@ import dnnlib
 from torch_utils import distributed as dist
 from torch_utils import misc
 from torch_utils import training_stats
+from training import snapshots
 
 #----------------------------------------------------------------------------
 # Stop requests from SIGINT/SIGTERM: the first one asks for a clean stop (a final snapshot and
@@ -88,15 +88,6 @@ def _set_rng_state(state, device):
         torch.cuda.set_rng_state(state['cuda'], device)
 
 #----------------------------------------------------------------------------
-# Atomic writes: a stop or crash while saving never leaves a truncated file behind.
-
-def _atomic_write(path, write_fn):
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        write_fn(f)
-    os.replace(tmp, path)
-
-#----------------------------------------------------------------------------
 # Learning rate factor: EDM's linear ramp-up; 0 kimg means the full rate from the first step.
 
 def learning_rate_factor(cur_nimg, lr_rampup_kimg):
@@ -157,16 +148,11 @@ def _print_network_summary(net, batch, device):
 
 #----------------------------------------------------------------------------
 # Weights from a snapshot (transfer or resume): its EMA network into both net and EMA, by name.
-# Rank 0 reads it first, filling the download cache for URLs.
+# The caller's reader runs on every rank (the CLIs' reads on rank 0 first, for the download cache).
 
-def _load_snapshot_weights(path, trust_code, rank, targets):
-    from edm_spectral.checkpoints import load_snapshot
+def _load_snapshot_weights(path, load_snapshot, targets):
     dist.print0(f'Loading network weights from "{path}"...')
-    if rank != 0:
-        dist.barrier()
-    source = load_snapshot(path, trust_code=trust_code)['ema']
-    if rank == 0:
-        dist.barrier()
+    source = load_snapshot(path)['ema']
     for target in targets:
         misc.copy_params_and_buffers(src_module=source, dst_module=target, require_all=False)
 
@@ -254,27 +240,19 @@ def _cpu_mem_gb():
     return psutil.Process(os.getpid()).memory_info().rss / 2**30
 
 #----------------------------------------------------------------------------
-# Network snapshot in EDM's pickle format: frozen CPU copies of the modules (checked equal on
-# all ranks), written by rank 0, with a sample grid when asked. Returns the path on rank 0.
-
-def _frozen_copy(value, world_size):
-    if not isinstance(value, torch.nn.Module):
-        return value
-    value = copy.deepcopy(value).eval().requires_grad_(False)
-    if world_size > 1:
-        misc.check_ddp_consistency(value)
-    return value.cpu()
+# Network snapshot in EDM's pickle format (training/snapshots.py): frozen CPU copies of the
+# modules (checked equal on all ranks), written by rank 0, with a sample grid when asked.
+# Returns the path on rank 0.
 
 def _write_snapshot(run_dir, kimg, network, loss_fn, augment_pipe, dataset_kwargs, rank, world_size, grid_seeds, device):
     loss_copy = copy.deepcopy(loss_fn)
     if hasattr(loss_copy, 'cur_kimg'):
         loss_copy.cur_kimg = 0.0 # progress lives in the training state; keep the pickle a clean constructor state
-    contents = dict(ema=network, loss_fn=loss_copy, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
-    contents = {key: _frozen_copy(value, world_size) for key, value in contents.items()}
+    contents = snapshots.snapshot_contents(network, loss_copy, augment_pipe, dataset_kwargs, check_ddp=(world_size > 1))
     if rank != 0:
         return None
     path = os.path.join(run_dir, f'network-snapshot-{kimg:06d}.pkl')
-    _atomic_write(path, lambda f: pickle.dump(contents, f, protocol=4))
+    snapshots.write_snapshot(path, contents)
     if grid_seeds is not None and len(grid_seeds) > 0:
         _save_grid(contents['ema'].to(device), grid_seeds, device, path[:-len('.pkl')] + '-grid.png')
     return path
@@ -289,7 +267,7 @@ def _write_training_state(run_dir, kimg, net, optimizer, ema, progress, batch_si
     if rank == 0:
         state = dict(net=net, optimizer_state=optimizer.state_dict(), ema_state=ema.state_dict(), cur_nimg=progress['cur_nimg'],
             data_nimg=progress['data_nimg'], rng_states=rng_states, world_size=world_size, batch_size=batch_size)
-        _atomic_write(os.path.join(run_dir, f'training-state-{kimg:06d}.pt'), lambda f: torch.save(state, f))
+        snapshots.atomic_write(os.path.join(run_dir, f'training-state-{kimg:06d}.pt'), lambda f: torch.save(state, f))
 
 # Whether a tick writes a file that is due every `every` ticks (None = never) and at the end.
 def _due(tick, every, done):
@@ -329,7 +307,9 @@ def training_loop(
     resume_pkl          = None,     # Snapshot whose 'ema' initializes net and EMA; None = random init.
     resume_state_dump   = None,     # training-state-*.pt to continue from; None = fresh optimizer.
     resume_kimg         = 0,        # Progress to start from when the state does not record cur_nimg.
-    trust_code          = False,    # Allow resume_pkl/resume_state_dump to execute code embedded in pickles?
+    load_snapshot       = None,     # Reader of resume_pkl: f(path) -> snapshot dict (the CLIs pass the safe loader,
+                                    # edm_spectral.checkpoints.load_snapshot, reading on rank 0 first).
+    load_training_state = None,     # Reader of resume_state_dump: f(path) -> training-state dict.
     # Execution.
     device              = None,     # Device, None = cuda if available, else cpu.
     cudnn_benchmark     = True,     # torch.backends.cudnn.benchmark.
@@ -338,6 +318,10 @@ def training_loop(
     global _stop_requested
     if export_net not in ('ema', 'raw'):
         raise ValueError(f'export_net must be "ema" or "raw", got {export_net!r}')
+    if resume_pkl is not None and load_snapshot is None:
+        raise ValueError('resume_pkl needs load_snapshot, a function reading a snapshot file into a dict')
+    if resume_state_dump and load_training_state is None:
+        raise ValueError('resume_state_dump needs load_training_state, a function reading a training state file into a dict')
 
     start_time = time.time()
     device = dist.init(device) # idempotent; resolves None/'cuda' to this process' device
@@ -350,9 +334,8 @@ def training_loop(
     # The training state is read first: its data position decides where the sampler starts.
     state = None
     if resume_state_dump:
-        from edm_spectral.checkpoints import load_training_state
         dist.print0(f'Loading training state from "{resume_state_dump}"...')
-        state = load_training_state(resume_state_dump, trust_code=trust_code)
+        state = load_training_state(resume_state_dump)
     saved = state if state is not None else {}
     progress = dict(cur_nimg=int(saved['cur_nimg']) if 'cur_nimg' in saved else int(resume_kimg * 1000),
         data_nimg=int(saved.get('data_nimg', 0))) # images trained on, images drawn from the data stream
@@ -384,7 +367,7 @@ def training_loop(
     ema = copy.deepcopy(net).eval().requires_grad_(False)
 
     if resume_pkl is not None:
-        _load_snapshot_weights(resume_pkl, trust_code, rank, [net, ema])
+        _load_snapshot_weights(resume_pkl, load_snapshot, [net, ema])
     if state is not None:
         _restore_training_state(state, net, optimizer, ema, rank, world_size, device)
         del state, saved
