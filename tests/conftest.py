@@ -2,9 +2,10 @@
 network snapshot, the training loop's tiny options, a free port, a two-process torchrun
 launcher, a click invoker, modules written from source, and hostile pickles.
 
-The fixtures are the interface. The plain functions behind some of them (make_dataset,
-loop_kwargs, ...) are importable with `from conftest import ...` for code that runs outside
-pytest, such as a worker script started by torchrun; test modules never import each other."""
+Helpers without state are plain functions and classes: `from conftest import make_dataset`
+(also from a worker script that a test starts with tests/ on its path). What needs pytest's
+temporary folders, monkeypatch or a failure message is a fixture. Test modules never import
+each other."""
 
 import json
 import os
@@ -120,10 +121,6 @@ def make_wav_corpus(root, ids, seconds=0.5, rate=22050):
             f.write(f'{cid}|Text {i}.|Text {i}.\n')
     return root
 
-@pytest.fixture(scope='session')
-def wav_corpus():
-    return make_wav_corpus
-
 #----------------------------------------------------------------------------
 # A network snapshot written the way EDM wrote its released files: a plain pickle of a dict
 # with our persistent EDMPrecond (a small DDPM++ with augment inputs), EDMLoss and
@@ -149,13 +146,10 @@ def write_released_snapshot(path, res=8, seed=0):
         pickle.dump(data, f)
     return str(path)
 
-@pytest.fixture(scope='session')
-def released_snapshot():
-    return write_released_snapshot
-
 #----------------------------------------------------------------------------
 # Options of training_loop.training_loop for a few steps of a tiny net on the CPU, with
-# train.py's preconditioner and augmentation tables; overrides replace any option.
+# training.launch's preconditioner and augmentation tables and the safe snapshot readers;
+# overrides replace any option.
 
 TINY_ARCHS = {
     'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
@@ -166,8 +160,9 @@ TINY_ARCHS = {
 }
 
 def loop_kwargs(run_dir, data, precond='edm', arch='ddpmpp', augment=None, **overrides):
-    import train
-    net_class, loss_class = train.PRECONDS[precond]
+    from edm_spectral import checkpoints
+    from training import launch
+    net_class, loss_class = launch.PRECONDS[precond]
     network_kwargs = dict(class_name=net_class, dropout=0.1, **TINY_ARCHS[arch])
     if augment:
         network_kwargs['augment_dim'] = 9
@@ -178,9 +173,10 @@ def loop_kwargs(run_dir, data, precond='edm', arch='ddpmpp', augment=None, **ove
         network_kwargs=network_kwargs,
         loss_kwargs=dict(class_name=loss_class),
         optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
-        augment_kwargs=train.augment_pipe_kwargs(augment) if augment else None,
+        augment_kwargs=launch.augment_pipe_kwargs(augment) if augment else None,
         seed=1, batch_size=4, total_kimg=0.008, kimg_per_tick=0.004, snapshot_ticks=1, state_dump_ticks=1,
         ema_halflife_kimg=0.01, lr_rampup_kimg=0, device='cpu', stop_on_signal=False,
+        load_snapshot=checkpoints.load_snapshot, load_training_state=checkpoints.load_training_state,
     )
     kwargs.update(overrides)
     os.makedirs(run_dir, exist_ok=True)
@@ -190,14 +186,6 @@ def loop_kwargs(run_dir, data, precond='edm', arch='ddpmpp', augment=None, **ove
 def read_stats(run_dir):
     with open(os.path.join(run_dir, 'stats.jsonl')) as f:
         return [json.loads(line) for line in f]
-
-@pytest.fixture(scope='session')
-def tiny_loop():
-    return loop_kwargs
-
-@pytest.fixture(scope='session')
-def run_stats():
-    return read_stats
 
 #----------------------------------------------------------------------------
 # Child processes: a free TCP port for a hand-made process group, and torchrun with two CPU
@@ -292,9 +280,5 @@ class PersistentMeta:
     def __reduce__(self):
         from torch_utils import persistence
         return (persistence._reconstruct_persistent_obj, (self.meta,))
-
-@pytest.fixture(scope='session')
-def persistent_meta():
-    return PersistentMeta
 
 #----------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Tests of training/training_loop.py and train.py: tiny real runs on the CPU."""
 
 import glob
+import importlib.util
 import json
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,85 +13,23 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 import dnnlib
 import train
+from edm_spectral.checkpoints import load_snapshot, load_training_state
 from training import launch, training_loop
-from edm_spectral import checkpoints
 
-#----------------------------------------------------------------------------
-# Helpers shared with test_fine_tune.py.
-
-def make_dataset(path, num=16, res=8, channels=3, num_classes=0, seed=0):
-    """Folder of PNGs in dataset_tool.py's layout, with dataset.json."""
-    rnd = np.random.RandomState(seed)
-    labels = []
-    for idx in range(num):
-        name = f'{idx // 1000:05d}/img{idx:08d}.png'
-        os.makedirs(os.path.join(path, os.path.dirname(name)), exist_ok=True)
-        # Smooth random images (a few low frequencies), so that the nets have something to learn.
-        yy, xx = np.mgrid[0:res, 0:res] / res
-        img = np.stack([np.sin(2 * np.pi * (rnd.uniform(0.5, 2) * xx + rnd.uniform(0.5, 2) * yy) + rnd.uniform(0, 6)) for _ in range(channels)], axis=-1)
-        img = np.clip(img * 100 + 128, 0, 255).astype(np.uint8)
-        PIL.Image.fromarray(img[:, :, 0] if channels == 1 else img).save(os.path.join(path, name))
-        labels.append([name, int(rnd.randint(num_classes))] if num_classes else None)
-    with open(os.path.join(path, 'dataset.json'), 'w') as f:
-        json.dump({'labels': labels if num_classes else None}, f)
-    return path
-
-TINY_ARCHS = {
-    'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
-        channel_mult_noise=1, resample_filter=[1,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
-    'ncsnpp': dict(model_type='SongUNet', embedding_type='fourier', encoder_type='residual', decoder_type='standard',
-        channel_mult_noise=2, resample_filter=[1,3,3,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
-    'adm':    dict(model_type='DhariwalUNet', model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
-}
-
-def loop_kwargs(run_dir, data, precond='edm', arch='ddpmpp', augment=None, **overrides):
-    net_class, loss_class = launch.PRECONDS[precond]
-    network_kwargs = dict(class_name=net_class, dropout=0.1, **TINY_ARCHS[arch])
-    if augment:
-        network_kwargs['augment_dim'] = 9
-    kwargs = dict(
-        run_dir=run_dir,
-        dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=False, xflip=False, cache=True),
-        data_loader_kwargs=dict(num_workers=0),
-        network_kwargs=network_kwargs,
-        loss_kwargs=dict(class_name=loss_class),
-        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
-        augment_kwargs=launch.augment_pipe_kwargs(augment) if augment else None,
-        seed=1, batch_size=4, total_kimg=0.008, kimg_per_tick=0.004, snapshot_ticks=1, state_dump_ticks=1,
-        ema_halflife_kimg=0.01, lr_rampup_kimg=0, device='cpu', stop_on_signal=False,
-        load_snapshot=checkpoints.load_snapshot, load_training_state=checkpoints.load_training_state,
-    )
-    kwargs.update(overrides)
-    os.makedirs(run_dir, exist_ok=True)
-    return kwargs
-
-def read_stats(run_dir):
-    with open(os.path.join(run_dir, 'stats.jsonl')) as f:
-        return [json.loads(line) for line in f]
-
-def load_state(path):
-    return checkpoints.load_training_state(path)
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+# (make_dataset and loop_kwargs are still imported from this module by test_sweep.py,
+# test_metrics_during_training.py and test_train_stop_poll.py, rather than from conftest.)
+from conftest import REPO, TINY_ARCHS, child_env, loop_kwargs, make_dataset, read_stats  # noqa: F401
 
 @pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp('data') / 'tiny-8x8'))
+def data(tiny_dataset):
+    return tiny_dataset('tiny-8x8')
 
 @pytest.fixture(scope='module')
-def labeled_data(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp('ldata') / 'tinycond-8x8'), num_classes=3)
+def labeled_data(tiny_dataset):
+    return tiny_dataset('tinycond-8x8', num_classes=3)
 
 #----------------------------------------------------------------------------
 # Known answers of the schedules.
@@ -122,7 +60,6 @@ def test_precond_arch_steps(tmp_path, data, precond, arch):
     assert len(stats) == 2 # tick 0 and the final tick
     assert all(np.isfinite(s['Loss/loss']['mean']) for s in stats)
     assert stats[0]['Loss/loss']['num'] == 4 * 3 * 8 * 8 # one reported value per element
-    from edm_spectral.checkpoints import load_snapshot
     snap = load_snapshot(result.last_snapshot)
     assert type(snap['ema']).__name__ == launch.PRECONDS[precond][0].split('.')[-1]
     assert type(snap['loss_fn']).__name__ == launch.PRECONDS[precond][1].split('.')[-1]
@@ -139,9 +76,9 @@ def test_resume_is_bitwise_exact(tmp_path, data):
     part = training_loop.training_loop(**loop_kwargs(str(tmp_path / 'part'), data, total_kimg=0.012, **common))
     state_path = os.path.join(part.run_dir, 'training-state-000000.pt')
     rest = training_loop.training_loop(**loop_kwargs(str(tmp_path / 'rest'), data, total_kimg=0.02, resume_state_dump=state_path, **common))
-    a = load_state(os.path.join(full.run_dir, 'training-state-000000.pt'))
-    b = load_state(os.path.join(rest.run_dir, 'training-state-000000.pt'))
-    p = load_state(state_path)
+    a = load_training_state(os.path.join(full.run_dir, 'training-state-000000.pt'))
+    b = load_training_state(os.path.join(rest.run_dir, 'training-state-000000.pt'))
+    p = load_training_state(state_path)
     assert (a['cur_nimg'], p['cur_nimg'], b['cur_nimg']) == (20, 12, 20)
     sa, sb, sp = a['net'].state_dict(), b['net'].state_dict(), p['net'].state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -173,7 +110,7 @@ def test_stop_request_writes_final_state(tmp_path, data, monkeypatch):
     run_dir = str(tmp_path / 'run')
     result = training_loop.training_loop(**loop_kwargs(run_dir, data, total_kimg=1, state_dump_ticks=100, snapshot_ticks=100))
     assert result.cur_nimg == 8
-    assert load_state(os.path.join(run_dir, 'training-state-000000.pt'))['cur_nimg'] == 8
+    assert load_training_state(os.path.join(run_dir, 'training-state-000000.pt'))['cur_nimg'] == 8
 
 #----------------------------------------------------------------------------
 # train.py end to end: dry run, run dir naming, options file, logs, snapshot loading and
@@ -181,23 +118,17 @@ def test_stop_request_writes_final_state(tmp_path, data, monkeypatch):
 
 TRAIN_ARGS = ['--device=cpu', '--cbase=16', '--cres=1,2', '--batch=4', '--duration=0.000008', '--tick=1', '--seed=3', '--dump=1']
 
-def run_cli(command, args):
-    result = CliRunner().invoke(command, args, catch_exceptions=False)
-    return result
-
-def test_train_cli_end_to_end(tmp_path, labeled_data):
+def test_train_cli_end_to_end(tmp_path, labeled_data, cli):
     outdir = str(tmp_path / 'runs')
     args = [f'--outdir={outdir}', f'--data={labeled_data}', '--cond=1'] + TRAIN_ARGS
 
     # Dry run: prints the options, creates nothing.
-    res = run_cli(train.main, args + ['--dry-run'])
-    assert res.exit_code == 0, res.output
+    res = cli(train.main, args + ['--dry-run'])
     assert 'Dry run; exiting.' in res.output and not os.path.exists(outdir)
 
     # Real run with a spectral term.
     spectral = ['--spectral=wavelet', '--spectral-wavelet=bior1.3', '--spectral-weight=0.5', '--spectral-levels=2']
-    res = run_cli(train.main, args + spectral)
-    assert res.exit_code == 0, res.output
+    cli(train.main, args + spectral)
     run_dir = os.path.join(outdir, '00000-tinycond-8x8-cond-ddpmpp-edm-gpus1-batch4-fp32')
     assert sorted(os.listdir(run_dir)) == ['log.txt', 'network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.pt', 'training_options.json']
     with open(os.path.join(run_dir, 'training_options.json')) as f:
@@ -230,7 +161,6 @@ def test_train_cli_end_to_end(tmp_path, labeled_data):
         raw = pickle.load(f)
     assert sorted(raw) == ['augment_pipe', 'dataset_kwargs', 'ema', 'loss_fn']
     assert raw['dataset_kwargs']['path'] == labeled_data and not raw['ema'].training
-    from edm_spectral.checkpoints import load_snapshot
     safe = load_snapshot(snap_path)
     assert safe['loss_fn'].init_kwargs['spectral_kwargs']['wavelet'] == 'bior1.3'
     assert all(torch.equal(a, b) for a, b in zip(raw['ema'].state_dict().values(), safe['ema'].state_dict().values()))
@@ -251,8 +181,7 @@ def test_train_cli_end_to_end(tmp_path, labeled_data):
 
     # --transfer: fresh optimizer and LR ramp from 0, so a one-step run leaves the weights
     # unchanged and its EMA equals the source bitwise.
-    res = run_cli(train.main, [f'--outdir={outdir}', f'--data={labeled_data}', '--cond=1', f'--transfer={snap_path}'] + TRAIN_ARGS + ['--duration=0.000004'])
-    assert res.exit_code == 0, res.output
+    cli(train.main, [f'--outdir={outdir}', f'--data={labeled_data}', '--cond=1', f'--transfer={snap_path}'] + TRAIN_ARGS + ['--duration=0.000004'])
     run_dir2 = os.path.join(outdir, '00001-tinycond-8x8-cond-ddpmpp-edm-gpus1-batch4-fp32')
     with open(os.path.join(run_dir2, 'training_options.json')) as f:
         c2 = json.load(f)
@@ -262,26 +191,19 @@ def test_train_cli_end_to_end(tmp_path, labeled_data):
 
     # --resume: continues from the state's image count, in a new run dir.
     state_path = os.path.join(run_dir, 'training-state-000000.pt')
-    res = run_cli(train.main, [f'--outdir={outdir}', f'--data={labeled_data}', '--cond=1', f'--resume={state_path}', '--desc=more',
+    cli(train.main, [f'--outdir={outdir}', f'--data={labeled_data}', '--cond=1', f'--resume={state_path}', '--desc=more',
         '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=4', '--duration=0.000016', '--tick=1', '--seed=3', '--dump=1'])
-    assert res.exit_code == 0, res.output
     run_dir3 = os.path.join(outdir, '00002-tinycond-8x8-cond-ddpmpp-edm-gpus1-batch4-fp32-more')
     with open(os.path.join(run_dir3, 'training_options.json')) as f:
         c3 = json.load(f)
     assert c3['resume_state_dump'] == state_path and c3['resume_kimg'] == 0 and c3['resume_pkl'] == snap_path
-    assert load_state(os.path.join(run_dir3, 'training-state-000000.pt'))['cur_nimg'] == 16
+    assert load_training_state(os.path.join(run_dir3, 'training-state-000000.pt'))['cur_nimg'] == 16
     assert len(read_stats(run_dir3)) == 2 # 8 -> 16 images: tick 0 and the final tick
 
 #----------------------------------------------------------------------------
 # Bad options give clear messages, not tracebacks.
 
-class _Evil: # a pickle payload that would run a shell command
-    def __init__(self, marker):
-        self.marker = marker
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}',))
-
-def test_train_cli_errors(tmp_path, data):
+def test_train_cli_errors(tmp_path, data, cli, hostile):
     outdir = str(tmp_path / 'runs')
     base = [f'--outdir={outdir}', '--device=cpu', '--dry-run']
     cases = [
@@ -298,31 +220,27 @@ def test_train_cli_errors(tmp_path, data):
         ([f'--data={data}', '--device=cuda:7'], 'CUDA'),
     ]
     for args, message in cases:
-        res = CliRunner().invoke(train.main, base + args)
-        assert res.exit_code != 0 and message in res.output, (args, res.output)
-        assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), (args, res.exception)
+        cli(train.main, base + args, fails_with=message)
     # --transfer snapshots that cannot be used fail at option parsing, before any training set-up.
     (tmp_path / 'corrupt.pkl').write_bytes(b'\x80\x04not a pickle')
-    marker = tmp_path / 'pwned'
-    with open(tmp_path / 'evil.pkl', 'wb') as f:
-        pickle.dump(dict(ema=_Evil(marker)), f)
+    hostile.pickle()
     from training.networks import EDMPrecond
     from training.snapshots import save_snapshot
     save_snapshot(str(tmp_path / 'res16.pkl'), EDMPrecond(img_resolution=16, img_channels=3, **TINY_ARCHS['ddpmpp']))
-    for name, message in [('corrupt.pkl', 'not a readable network snapshot'), ('evil.pkl', '--trust-code'), ('res16.pkl', 'for 16x16 images, the dataset is 8x8')]:
-        res = CliRunner().invoke(train.main, base + [f'--data={data}', f'--transfer={tmp_path / name}'])
-        assert res.exit_code != 0 and '--transfer' in res.output and message in res.output, (name, res.output)
-        assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), (name, res.exception)
-    assert not marker.exists()
+    for path, message in [(tmp_path / 'corrupt.pkl', 'not a readable network snapshot'), (hostile.root / 'evil.pkl', '--trust-code'),
+            (tmp_path / 'res16.pkl', 'for 16x16 images, the dataset is 8x8')]:
+        res = cli(train.main, base + [f'--data={data}', f'--transfer={path}'], fails_with=message)
+        assert '--transfer' in res.output, res.output
+    assert not hostile.ran()
 
     state = tmp_path / 'training-state-000010.pt'
     state.write_bytes(b'x')
-    res = CliRunner().invoke(train.main, base + [f'--data={data}', f'--resume={state}', f'--transfer={state}'])
-    assert res.exit_code != 0 and 'cannot be specified at the same time' in res.output
+    cli(train.main, base + [f'--data={data}', f'--resume={state}', f'--transfer={state}'], fails_with='cannot be specified at the same time')
 
 def test_parse_helpers():
     assert train.parse_int_list('1,2,5-7') == [1, 2, 5, 6, 7]
-    assert train.parse_ema_rampup('none') == 'none' and train.parse_ema_rampup('0.1') == 0.1
+    from edm_spectral.cli import parse_ema_rampup
+    assert parse_ema_rampup('none') == 'none' and parse_ema_rampup('0.1') == 0.1
     assert launch.duration_to_kimg(200) == 200000 and launch.duration_to_kimg(0.0015) == 1 # EDM rounds down to whole kimg
     assert launch.duration_to_kimg(0.000008) == pytest.approx(0.008) # below 1 kimg: exact, for smoke tests
     assert launch.ema_to_kimg(0.5) == 500 and launch.ema_to_kimg(0.025) == 25 and launch.ema_to_kimg(0.0125) == 12 # EDM's int()
@@ -336,14 +254,13 @@ def test_resume_needs_readers(tmp_path, data):
             training_loop.training_loop(**dict(kwargs, **{name: value, reader: None}))
 
 #----------------------------------------------------------------------------
-# Two Gloo processes under torchrun: identical weights on both ranks (checked at every
-# snapshot by check_ddp_consistency on the raw net) and the same result as one process with
-# the same total batch, up to float32 round-off. The loss is deterministic here, so that
-# the per-rank noise streams do not enter the comparison.
+# One torchrun launch with two Gloo processes, checked several ways. The processes first
+# train with a deterministic loss (so that the per-rank noise streams do not enter the
+# comparison with one process), then run train.py itself as a script with the real
+# stochastic loss and a spectral term.
 
 DDP_DRIVER = textwrap.dedent('''
-    import os, sys
-    sys.path.insert(0, {root!r})
+    import os, runpy, sys
     import torch
     from training import training_loop
 
@@ -353,10 +270,10 @@ DDP_DRIVER = textwrap.dedent('''
             y = images + torch.sin(images * 7 + 1) * sigma
             return (net(y, sigma.flatten(), labels) - images) ** 2 / sigma ** 2
 
-    def main(run_dir):
+    def train_deterministic(run_dir, data):
         os.makedirs(run_dir, exist_ok=True)
         training_loop.training_loop(run_dir=run_dir,
-            dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path={data!r}, cache=True),
+            dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data, cache=True),
             data_loader_kwargs=dict(num_workers=0),
             network_kwargs=dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', model_channels=16, channel_mult=[1,2],
                 num_blocks=1, attn_resolutions=[4], dropout=0),
@@ -364,27 +281,48 @@ DDP_DRIVER = textwrap.dedent('''
             optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
             seed=0, batch_size=8, batch_gpu=2, total_kimg=0.024, kimg_per_tick=0.008, snapshot_ticks=1, state_dump_ticks=100,
             ema_halflife_kimg=0.01, lr_rampup_kimg=0, export_net='raw', device='cpu')
-        from torch_utils import distributed as dist
-        dist.shutdown()
 
-    if __name__ == '__main__': # the loss is imported from this file by name: do not train on import
-        main(sys.argv[1])
+    # ddp_driver.py RUN_DIR DATA train.py OPTIONS...; the loss is imported from this file by
+    # name, so nothing runs on import. train.py shuts the process group down at its end.
+    if __name__ == '__main__':
+        train_deterministic(sys.argv[1], sys.argv[2])
+        sys.argv = sys.argv[3:]
+        runpy.run_path(sys.argv[0], run_name='__main__')
 ''')
 
-def test_ddp_gloo_matches_single_process(tmp_path):
-    data = make_dataset(str(tmp_path / 'data'), num=64)
-    driver = tmp_path / 'ddp_driver.py'
-    driver.write_text(DDP_DRIVER.format(root=ROOT, data=data))
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    for key in ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']:
-        env.pop(key, None)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', str(driver), str(tmp_path / 'ddp')]
-    res = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    res = subprocess.run([sys.executable, str(driver), str(tmp_path / 'single')], env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    a = load_state(str(tmp_path / 'ddp' / 'training-state-000000.pt'))
-    b = load_state(str(tmp_path / 'single' / 'training-state-000000.pt'))
+@pytest.fixture(scope='module')
+def two_processes(tmp_path_factory, tiny_dataset, data, torchrun):
+    root = tmp_path_factory.mktemp('two-processes')
+    driver = root / 'ddp_driver.py'
+    driver.write_text(DDP_DRIVER)
+    deterministic_data = tiny_dataset('tiny-8x8', num=64)
+    torchrun(driver, root / 'ddp', deterministic_data, os.path.join(REPO, 'train.py'), f'--outdir={root / "runs"}', f'--data={data}',
+        '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=8', '--batch-gpu=2', '--duration=0.000016', '--tick=1', '--snap=1',
+        '--dump=1', '--spectral=fourier-amp', '--arch=ncsnpp', '--grid-seeds=0-3', cwd=root)
+    return dict(root=root, driver=driver, data=deterministic_data)
+
+# The driver's deterministic run in this process, with one thread as each torchrun process.
+# The driver is imported under the module name that the loss's class name refers to.
+def train_deterministic_here(driver, run_dir, data):
+    spec = importlib.util.spec_from_file_location('ddp_driver', driver)
+    module = importlib.util.module_from_spec(spec)
+    threads = torch.get_num_threads()
+    sys.modules['ddp_driver'] = module
+    try:
+        spec.loader.exec_module(module)
+        torch.set_num_threads(1)
+        module.train_deterministic(run_dir, data)
+    finally:
+        torch.set_num_threads(threads)
+        del sys.modules['ddp_driver']
+
+# Deterministic loss: identical weights on both ranks (checked at every snapshot by
+# check_ddp_consistency on the raw net) and the same result as one process with the same
+# total batch, up to float32 round-off.
+def test_ddp_gloo_matches_single_process(two_processes):
+    train_deterministic_here(two_processes['driver'], str(two_processes['root'] / 'single'), two_processes['data'])
+    a = load_training_state(str(two_processes['root'] / 'ddp' / 'training-state-000000.pt'))
+    b = load_training_state(str(two_processes['root'] / 'single' / 'training-state-000000.pt'))
     assert a['world_size'] == 2 and b['world_size'] == 1 and a['cur_nimg'] == b['cur_nimg'] == 24
     assert len(a['rng_states']) == 2
     sa, sb = a['net'].state_dict(), b['net'].state_dict()
@@ -403,12 +341,9 @@ def test_ddp_gloo_matches_single_process(tmp_path):
 def test_sigterm_stops_cleanly(tmp_path, data):
     import signal, time
     outdir = tmp_path / 'runs'
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    for key in ['RANK', 'WORLD_SIZE', 'LOCAL_RANK']:
-        env.pop(key, None)
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={data}', '--device=cpu', '--cbase=16',
+    cmd = [sys.executable, os.path.join(REPO, 'train.py'), f'--outdir={outdir}', f'--data={data}', '--device=cpu', '--cbase=16',
         '--cres=1,2', '--batch=4', '--duration=10', '--tick=1', '--seed=1']
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120 # wait for the first tick (a generous bound, not a timing assertion)
         while not glob.glob(str(outdir / '*' / 'stats.jsonl')) and proc.poll() is None and time.time() < deadline:
@@ -422,30 +357,22 @@ def test_sigterm_stops_cleanly(tmp_path, data):
     assert proc.returncode == 0, output
     assert 'Stopping early on request' in output and 'Exiting...' in output
     run_dir, = glob.glob(str(outdir / '*'))
-    state = load_state(os.path.join(run_dir, 'training-state-000000.pt'))
+    state = load_training_state(os.path.join(run_dir, 'training-state-000000.pt'))
     assert 0 < state['cur_nimg'] < 10000000
     assert os.path.isfile(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
 
 #----------------------------------------------------------------------------
-# train.py under torchrun with two Gloo processes: the real stochastic loss with a spectral
-# term, a random seed shared by the ranks, one run folder, consistent ranks at every snapshot.
+# train.py in the same two processes: the real stochastic loss with a spectral term, a random
+# seed shared by the ranks, one run folder, consistent ranks at every snapshot.
 
-def test_train_cli_torchrun_two_processes(tmp_path, data):
-    outdir = tmp_path / 'runs'
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    for key in ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']:
-        env.pop(key, None)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', os.path.join(ROOT, 'train.py'),
-        f'--outdir={outdir}', f'--data={data}', '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=8', '--batch-gpu=2',
-        '--duration=0.000016', '--tick=1', '--snap=1', '--dump=1', '--spectral=fourier-amp', '--arch=ncsnpp', '--grid-seeds=0-3']
-    res = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+def test_train_cli_torchrun_two_processes(two_processes):
+    outdir = two_processes['root'] / 'runs'
     run_dir, = glob.glob(str(outdir / '*'))
     assert os.path.basename(run_dir) == '00000-tiny-8x8-uncond-ncsnpp-edm-gpus2-batch8-fp32'
     with open(os.path.join(run_dir, 'training_options.json')) as f:
         c = json.load(f)
     assert isinstance(c['seed'], int) and c['batch_gpu'] == 2
-    state = load_state(os.path.join(run_dir, 'training-state-000000.pt'))
+    state = load_training_state(os.path.join(run_dir, 'training-state-000000.pt'))
     assert state['world_size'] == 2 and state['cur_nimg'] == 16
     assert not torch.equal(state['rng_states'][0]['torch'], state['rng_states'][1]['torch']) # per-rank streams
     assert read_stats(run_dir)[-1]['Loss/spectral']['num'] == 8 # both ranks' samples are collected
