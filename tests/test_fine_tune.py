@@ -3,41 +3,19 @@
 import json
 import os
 import pickle
-import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 import fine_tune
-from test_train import make_dataset, read_stats, load_state
+from edm_spectral.checkpoints import load_training_state
+
+# (write_released_snapshot is still imported from this module by test_sweep.py and
+# test_metrics_during_training.py, rather than from conftest.)
+from conftest import make_dataset, read_stats, write_released_snapshot
 
 #----------------------------------------------------------------------------
-# A checkpoint written the way EDM writes its released files: a plain pickle of a dict with
-# our persistent EDMPrecond (DDPM++, augment inputs), EDMLoss and AugmentPipe.
-
-def write_released_snapshot(path, res=8, seed=0):
-    from training.networks import EDMPrecond
-    from training.loss import EDMLoss
-    from training.augment import AugmentPipe
-    torch.manual_seed(seed)
-    net = EDMPrecond(img_resolution=res, img_channels=3, label_dim=0, use_fp16=False, model_type='SongUNet',
-        embedding_type='positional', encoder_type='standard', decoder_type='standard', channel_mult_noise=1,
-        resample_filter=[1,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4],
-        augment_dim=9, dropout=0.13)
-    with torch.no_grad(): # a "trained" net: no exactly-zero tensors
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    data = dict(ema=net.eval().requires_grad_(False), loss_fn=EDMLoss(P_mean=-1.0),
-        augment_pipe=AugmentPipe(p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1),
-        dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path='/authors/datasets/tiny.zip'))
-    with open(path, 'wb') as f:
-        pickle.dump(data, f)
-    return str(path)
+# A small snapshot in the released format (conftest.write_released_snapshot) and a dataset.
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
@@ -47,11 +25,6 @@ def setup(tmp_path_factory):
     return root, data, net
 
 FT_ARGS = ['--device=cpu', '--batch=4', '--tick=0.004', '--snap=1', '--dump=1']
-
-def invoke(args):
-    res = CliRunner().invoke(fine_tune.main, args, catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return res
 
 def only_run_dir(outdir):
     dirs = sorted(os.listdir(outdir))
@@ -85,11 +58,11 @@ def test_auto_preset():
 # End to end: config from the checkpoint and the preset, spectral pass-through, files,
 # weight-movement report; then an exact resume.
 
-def test_fine_tune_end_to_end_and_resume(setup):
+def test_fine_tune_end_to_end_and_resume(setup, cli):
     root, data, net = setup
     outdir = str(root / 'runs')
     spectral = ['--spectral=fourier-amp-phase', '--spectral-weight=weighted']
-    res = invoke([f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000008'] + FT_ARGS + spectral)
+    res = cli(fine_tune.main, [f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000008'] + FT_ARGS + spectral)
     run_dir, = only_run_dir(outdir)
     assert os.path.basename(run_dir) == '00000-ffhq-8x8-uncond-ddpmpp-edm-gpus1-batch4-fp32-ft-fourier-amp-phase-weighted'
     assert sorted(os.listdir(run_dir)) == ['log.txt', 'network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.pt',
@@ -122,11 +95,11 @@ def test_fine_tune_end_to_end_and_resume(setup):
 
     # Resume for two more steps == four uninterrupted steps, bitwise.
     state = os.path.join(run_dir, 'training-state-000000.pt')
-    invoke([f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000016', f'--resume={state}', '--desc=resumed'] + FT_ARGS + spectral)
-    invoke([f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000016', '--desc=straight'] + FT_ARGS + spectral)
+    cli(fine_tune.main, [f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000016', f'--resume={state}', '--desc=resumed'] + FT_ARGS + spectral)
+    cli(fine_tune.main, [f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000016', '--desc=straight'] + FT_ARGS + spectral)
     _, resumed, straight = only_run_dir(outdir)
-    a = load_state(os.path.join(resumed, 'training-state-000000.pt'))
-    b = load_state(os.path.join(straight, 'training-state-000000.pt'))
+    a = load_training_state(os.path.join(resumed, 'training-state-000000.pt'))
+    b = load_training_state(os.path.join(straight, 'training-state-000000.pt'))
     assert a['cur_nimg'] == b['cur_nimg'] == 16
     assert all(torch.equal(x, y) for x, y in zip(a['net'].state_dict().values(), b['net'].state_dict().values()))
     assert all(torch.equal(a['ema_state'][k], b['ema_state'][k]) for k in a['ema_state'])
@@ -134,13 +107,13 @@ def test_fine_tune_end_to_end_and_resume(setup):
 #----------------------------------------------------------------------------
 # --export=raw stores the trained net itself, which moved further than the EMA would.
 
-def test_fine_tune_export_raw(setup):
+def test_fine_tune_export_raw(setup, cli):
     root, data, net = setup
     outdir = str(root / 'raw')
-    invoke([f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000008', '--export=raw', '--lr-rampup=0',
+    cli(fine_tune.main, [f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000008', '--export=raw', '--lr-rampup=0',
         '--ema=1000', '--ema-rampup=none', '--preset=cifar10', '--augment=0'] + FT_ARGS)
     run_dir, = only_run_dir(outdir)
-    state = load_state(os.path.join(run_dir, 'training-state-000000.pt'))
+    state = load_training_state(os.path.join(run_dir, 'training-state-000000.pt'))
     from edm_spectral.checkpoints import load_snapshot
     exported = load_snapshot(os.path.join(run_dir, 'network-snapshot-000000.pkl'))['ema']
     assert all(torch.equal(x, y) for x, y in zip(exported.state_dict().values(), state['net'].state_dict().values()))
@@ -158,9 +131,9 @@ def test_fine_tune_export_raw(setup):
 #----------------------------------------------------------------------------
 # The sweep prints the paper's grid and runs nothing with --dry-run.
 
-def test_sweep_dry_run(setup):
+def test_sweep_dry_run(setup, cli):
     root, data, net = setup
-    res = invoke(['--sweep', '--dry-run', '--nproc=8', f'--network={net}', f'--data={data}', '--outdir=runs', '--duration=0.5'])
+    res = cli(fine_tune.main, ['--sweep', '--dry-run', '--nproc=8', f'--network={net}', f'--data={data}', '--outdir=runs', '--duration=0.5'])
     lines = [l for l in res.output.splitlines() if l.startswith('[')]
     assert len(lines) == 2 * (1 + 4 * 2)
     assert sum('edm-tiny-8x8-uncond-ve.pkl' in l for l in lines) == 9 and sum('-vp.pkl' in l for l in lines) == 9
@@ -171,17 +144,11 @@ def test_sweep_dry_run(setup):
 #----------------------------------------------------------------------------
 # Clear errors.
 
-class _Exec:
-    def __reduce__(self):
-        return (exec, ('raise SystemExit("code from the pickle ran")',))
-
-def test_fine_tune_errors(setup, tmp_path):
+def test_fine_tune_errors(setup, tmp_path, cli, hostile):
     root, data, net = setup
     data16 = make_dataset(str(tmp_path / 'd16'), num=2, res=16)
     from training.networks import EDMPrecond
-    evil = str(tmp_path / 'evil.pkl')
-    with open(evil, 'wb') as f: # a pickle that would run code: refused, nothing runs
-        pickle.dump({'ema': _Exec()}, f)
+    evil = hostile.pickle() # a pickle that would run code: refused, nothing runs
     cond = str(tmp_path / 'cond.pkl')
     with open(cond, 'wb') as f:
         pickle.dump(dict(ema=EDMPrecond(img_resolution=8, img_channels=3, label_dim=3, model_type='SongUNet', model_channels=16,
@@ -196,7 +163,7 @@ def test_fine_tune_errors(setup, tmp_path):
         ([f'--network={evil}', f'--data={data}'], 'weights-only loader does not allow'),
     ]
     for args, message in cases:
-        res = CliRunner().invoke(fine_tune.main, args + [f'--outdir={tmp_path}/o', '--device=cpu', '-n'])
-        assert res.exit_code != 0 and message in res.output, (args, res.output)
+        cli(fine_tune.main, args + [f'--outdir={tmp_path}/o', '--device=cpu', '-n'], fails_with=message)
+    assert not hostile.ran()
 
 #----------------------------------------------------------------------------
