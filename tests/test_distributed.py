@@ -3,7 +3,6 @@ process and in a real two-process Gloo group on the CPU."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import torch
 from torch_utils import distributed as dist
 from torch_utils import training_stats
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import child_env
 
 #----------------------------------------------------------------------------
 # Single process.
@@ -100,7 +99,6 @@ def test_report_returns_value_and_report0():
 
 _WORKER = textwrap.dedent('''
     import json, sys, torch
-    sys.path.insert(0, {repo!r})
     from torch_utils import distributed as dist, training_stats, misc
     def main(): # locals, not module globals: freed before exit, while the process group is alive
         device = dist.init('cpu')
@@ -146,19 +144,14 @@ _WORKER = textwrap.dedent('''
     dist.shutdown()
 ''')
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-def test_two_process_gloo(tmp_path):
+# The two processes are started by hand, without torchrun: init() needs only the variables.
+def test_two_process_gloo(tmp_path, free_port):
     script = tmp_path / 'worker.py'
-    script.write_text(_WORKER.format(repo=REPO))
-    port = str(_free_port())
+    script.write_text(_WORKER)
     procs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
-            MASTER_PORT=port, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+        env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port),
+            CUDA_VISIBLE_DEVICES='')
         procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     try:
