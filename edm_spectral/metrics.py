@@ -210,6 +210,30 @@ def metrics_options(f):
         f = option(f)
     return f
 
+# Read the local detector and reference files now, so that a missing, refused or mismatched
+# file is an error before training, not after the first snapshot (where the other ranks would
+# wait for one that failed). URLs are fetched at the first snapshot.
+def check_metric_files(detector, ref, trust_code):
+    from edm_spectral.checkpoints import UnsafePickleError
+    det = det_name = ref_stats = None
+    if detector is not None and not dnnlib.util.is_url(detector):
+        try:
+            det, det_name = detectors.load_detector(detector, device=torch.device('cpu'), verbose=False, trust_code=trust_code)
+        except UnsafePickleError as e:
+            raise click.BadParameter(f'{e}. Pass --trust-code if you trust this file, or use a TorchScript detector.', param_hint='--metrics-detector') from e
+        except (OSError, RuntimeError, ValueError) as e:
+            raise click.BadParameter(str(e), param_hint='--metrics-detector') from e
+    if ref is not None and not dnnlib.util.is_url(ref):
+        try:
+            ref_stats = fid_stats.load_ref_stats(ref)
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(str(e), param_hint='--metrics-ref') from e
+    if det is not None and ref_stats is not None:
+        try:
+            check_ref_matches_detector(ref_stats, det, det_name)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint='--metrics-ref') from e
+
 # The training loop's snapshot_callback_kwargs for those options, or None for --metrics=none.
 def snapshot_callback_kwargs(opts):
     try:
@@ -225,9 +249,8 @@ def snapshot_callback_kwargs(opts):
             raise click.BadParameter('needs at least 2 seeds (FID estimates a covariance)', param_hint='--metrics-seeds')
     if not metrics:
         return None
-    for option, path in [('--metrics-ref', opts.get('metrics_ref')), ('--metrics-detector', opts.get('metrics_detector'))]:
-        if path is not None and path != detectors.STANDIN_NAME and not dnnlib.util.is_url(path) and not os.path.isfile(path):
-            raise click.BadParameter(f'file not found: "{path}"', param_hint=option)
+    if any(SNAPSHOT_METRICS[name][0] == 'fid' for name in metrics):
+        check_metric_files(opts.get('metrics_detector'), opts.get('metrics_ref'), bool(opts.get('trust_code', False)))
     return dnnlib.EasyDict(class_name='edm_spectral.metrics.SnapshotMetrics', metrics=metrics, data=opts['data'],
         ref=opts.get('metrics_ref'), detector=opts.get('metrics_detector'), trust_code=bool(opts.get('trust_code', False)),
         seeds=opts.get('metrics_seeds'))

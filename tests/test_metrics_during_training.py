@@ -94,12 +94,16 @@ def test_fine_tune_metrics(setup):
 
 def test_metrics_options_errors(setup, tmp_path):
     assert metrics.parse_metrics('none') == [] and metrics.parse_metrics('fid10k,spectrum,fid10k') == ['fid10k', 'spectrum']
+    small_ref = str(tmp_path / 'ref-32.npz')
+    np.savez(small_ref, mu=np.zeros(32), sigma=np.eye(32), detector=np.array(detectors.STANDIN_NAME))
     base = [f'--outdir={tmp_path}', f'--data={setup["data"]}', '--device=cpu', '-n']
     cases = [
         (['--metrics=fid1k'], 'unknown metric(s) fid1k'),
         (['--metrics=fid10k', '--metrics-seeds=5'], 'at least 2 seeds'),
         (['--metrics=fid10k', '--metrics-seeds=a-b'], '--metrics-seeds'),
-        (['--metrics=fid10k', f'--metrics-detector={tmp_path}/none.pt'], 'file not found'),
+        (['--metrics=fid10k', f'--metrics-detector={tmp_path}/none.pt'], 'Detector not found'),
+        (['--metrics=fid10k', '--metrics-detector=standin', f'--metrics-ref={small_ref}'], 'the detector gives 256-d features'),
+        (['--metrics=fid10k', f'--metrics-ref={tmp_path}/none.npz'], 'not found'),
     ]
     for args, message in cases:
         r = CliRunner().invoke(train.main, base + args)
