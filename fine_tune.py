@@ -9,9 +9,8 @@ import torch
 import dnnlib
 from torch_utils import distributed as dist
 from training import launch
-from edm_spectral.cli import load_snapshot_option, spectral_options, spectral_kwargs_from_options, resume_option, training_readers
-from edm_spectral.metrics import metrics_options, snapshot_callback_kwargs
-import train
+from edm_spectral.cli import load_snapshot_option, spectral_kwargs_from_options, resume_option, training_options, training_readers
+from edm_spectral.metrics import snapshot_callback_kwargs
 
 #----------------------------------------------------------------------------
 # Per-dataset settings of the paper (batch per GPU, lr, dropout, augment, duration).
@@ -139,50 +138,30 @@ def run_sweep(ctx, opts):
 
 # Main options.
 @click.option('--network',       help='Checkpoint to fine-tune (EDM pickle)', metavar='PKL|URL',     type=str, required=True)
-@click.option('--data',          help='Dataset zip or folder (dataset_tool.py format)', metavar='ZIP|DIR', type=str, required=True)
-@click.option('--outdir',        help='Parent folder of the numbered run folders', metavar='DIR',   type=str, required=True)
 @click.option('--preset',        help='Paper hyper-parameters per dataset (auto: from the names, else resolution)', type=click.Choice(['auto', 'cifar10', 'ffhq', 'afhqv2']), default='auto')
-
-# Hyperparameters (None = the preset's value).
-@click.option('--duration',      help='Images to train on, in millions  [default: preset, 0.5]', metavar='MIMG', type=click.FloatRange(min=0, min_open=True))
-@click.option('--batch',         help='Images per step over all processes  [default: 16 per process]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--batch-gpu',     help='Micro-batch per process (accumulates gradients)', metavar='INT', type=click.IntRange(min=1))
-@click.option('--lr',            help='Adam learning rate  [default: preset]', metavar='FLOAT',     type=click.FloatRange(min=0, min_open=True))
-@click.option('--lr-rampup',     help='Linear LR warm-up, 0 = full rate at once', metavar='KIMG',   type=click.FloatRange(min=0), default=10)
-@click.option('--ema',           help='Half-life of the weight EMA', metavar='KIMG',                 type=click.FloatRange(min=0), default=25)
-@click.option('--ema-rampup',    help='EMA half-life cap as a fraction of images seen, or none', metavar='RATIO|none', type=train.parse_ema_rampup, default='0.05')
-@click.option('--dropout',       help='Dropout rate  [default: preset]', metavar='FLOAT',            type=click.FloatRange(min=0, max=1))
-@click.option('--augment',       help='Augmentation probability  [default: preset]', metavar='FLOAT', type=click.FloatRange(min=0, max=1))
-@click.option('--xflip',         help='Add mirrored copies of the dataset', metavar='BOOL',          type=bool, default=False)
 @click.option('--export',        help='What snapshots store as "ema": the EMA or the raw trained net', type=click.Choice(['ema', 'raw']), default='ema')
 
-# Performance-related.
-@click.option('--fp16',          help='Run the network in float16 on CUDA  [default: as the checkpoint]', metavar='BOOL', type=bool)
-@click.option('--ls',            help='Static loss scale (use with --fp16)', metavar='FLOAT',        type=click.FloatRange(min=0, min_open=True), default=1)
-@click.option('--bench',         help='Let cuDNN pick the fastest kernels', metavar='BOOL',         type=bool, default=True)
-@click.option('--cache',         help='Keep decoded images in RAM', metavar='BOOL',                  type=bool, default=True)
-@click.option('--workers',       help='Data loading processes per GPU', metavar='INT',               type=click.IntRange(min=1), default=1)
-@click.option('--device',        help='Device  [default: cuda if available, else cpu]', metavar='cuda|cpu|cuda:N', type=str)
-
-# I/O-related.
-@click.option('--desc',          help='Suffix for the run folder name  [default: ft-<regularizer>]', metavar='STR', type=str)
-@click.option('--nosubdir',      help='Write into --outdir itself, no numbered run folder',         is_flag=True)
-@click.option('--tick',          help='Status line every this many kimg', metavar='KIMG',            type=click.FloatRange(min=0, min_open=True), default=10)
-@click.option('--snap',          help='Network snapshot every this many ticks', metavar='TICKS',     type=click.IntRange(min=1), default=10)
-@click.option('--dump',          help='Training state every this many ticks', metavar='TICKS',       type=click.IntRange(min=1), default=10)
-@click.option('--seed',          help='Random seed', metavar='INT',                                  type=int, default=0)
-@click.option('--resume',        help='Continue a fine-tune exactly from its training state', metavar='PT', type=str)
-@click.option('--grid-seeds',    help='Sample a PNG grid with these seeds at every snapshot', metavar='LIST', type=train.parse_int_list)
-@click.option('--trust-code',    help='Let pickles run their embedded code (unsafe)',               is_flag=True)
+# Data, hyperparameters, performance, I/O, spectral regularization and metrics: train.py's
+# options (edm_spectral/cli.py), with the fine-tuning defaults (None = the preset's value).
+@training_options(
+    duration   = dict(default=None, help='Images to train on, in millions  [default: preset, 0.5]'),
+    batch      = dict(default=None, help='Images per step over all processes  [default: 16 per process]'),
+    lr         = dict(default=None, help='Adam learning rate (peak)  [default: preset]'),
+    lr_rampup  = dict(default=10),
+    ema        = dict(default=0.025),
+    ema_rampup = dict(default='0.05', help='EMA half-life cap as a fraction of images seen, or none'),
+    dropout    = dict(default=None, help='Dropout rate of the network  [default: preset]'),
+    augment    = dict(default=None, help='Probability of each non-leaky augmentation  [default: preset]'),
+    fp16       = dict(default=None, help='Run the network in float16 on CUDA  [default: as the checkpoint]'),
+    desc       = dict(help='Suffix for the run folder name  [default: ft-<regularizer>]'),
+    tick       = dict(default=10),
+    snap       = dict(default=10),
+    dump       = dict(default=10),
+    seed       = dict(default=0, help='Random seed'),
+    resume     = dict(help='Continue a fine-tune exactly from its training state'),
+)
 @click.option('--sweep',         help="The paper's grid for the -vp and -ve checkpoints: runs python -m edm_spectral.sweep run", is_flag=True)
 @click.option('--nproc',         help='Processes per step of --sweep (torchrun when > 1)', metavar='INT', type=click.IntRange(min=1), default=1)
-@click.option('-n', '--dry-run', help='Print the options (or the sweep commands) and exit',         is_flag=True)
-
-# Spectral regularization.
-@spectral_options
-
-# Metrics of each snapshot.
-@metrics_options
 
 def main(**kwargs):
     """Fine-tune an EDM checkpoint, optionally with a spectral regularizer, using the
@@ -290,8 +269,8 @@ def main(**kwargs):
     del snap, net
 
     # Schedule and cadence.
-    c.total_kimg = duration * 1000
-    c.ema_halflife_kimg = opts.ema
+    c.total_kimg = launch.duration_to_kimg(duration)
+    c.ema_halflife_kimg = launch.ema_to_kimg(opts.ema)
     c.update(batch_size=batch, batch_gpu=opts.batch_gpu)
     c.update(loss_scaling=opts.ls, cudnn_benchmark=opts.bench)
     c.update(kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
@@ -325,7 +304,7 @@ def main(**kwargs):
     summary = [('Checkpoint', opts.network), ('Preset', f'{preset_name} ({reason})'), ('Dataset path', opts.data),
         ('Network', f'{arch} / {precond}'), ('Spectral regularizer', 'none' if spectral_kwargs is None else json.dumps(spectral_kwargs)),
         ('Batch size', batch), ('Learning rate', f'{lr:g}, ramp-up {opts.lr_rampup:g} kimg'),
-        ('EMA', f'half-life {opts.ema:g} kimg, ramp-up {c.ema_rampup_ratio}, export {opts.export}'),
+        ('EMA', f'half-life {c.ema_halflife_kimg:g} kimg, ramp-up {c.ema_rampup_ratio}, export {opts.export}'),
         ('Dropout / augment', f'{dropout:g} / {augment:g}'), ('Duration', f'{c.total_kimg:g} kimg')]
     try:
         result = launch.launch_training(c, desc=desc, outdir=opts.outdir, nosubdir=opts.nosubdir, dry_run=opts.dry_run, device=device,

@@ -7,25 +7,9 @@ import dnnlib
 from torch_utils import distributed as dist
 from training import launch
 from training.launch import ARCHS, PRECONDS
-from training.sampling import parse_int_list # --cres and --grid-seeds: '0-3,8'
-from edm_spectral.cli import load_snapshot_option, spectral_options, spectral_kwargs_from_options, resume_option, training_readers
-from edm_spectral.metrics import metrics_options, snapshot_callback_kwargs
-
-#----------------------------------------------------------------------------
-# EMA ramp-up ratio: a float >= 0, or "none" to disable the ramp-up.
-
-def parse_ema_rampup(s):
-    if s is None or isinstance(s, float):
-        return s
-    if str(s).lower() == 'none':
-        return 'none'
-    try:
-        value = float(s)
-    except ValueError:
-        raise click.BadParameter(f'"{s}" is neither a number nor "none"') from None
-    if value < 0:
-        raise click.BadParameter('must be >= 0')
-    return value
+from training.sampling import parse_int_list # --cres: '1,2,2'
+from edm_spectral.cli import load_snapshot_option, spectral_kwargs_from_options, resume_option, training_options, training_readers
+from edm_spectral.metrics import snapshot_callback_kwargs
 
 #----------------------------------------------------------------------------
 # Read the --transfer snapshot once up front, so that a missing, corrupt or refused pickle, or
@@ -98,53 +82,17 @@ def run_name(dataset_name, opts, world_size):
 
 @click.command()
 
-# Main options.
-@click.option('--outdir',        help='Parent folder of the numbered run folders', metavar='DIR',   type=str, required=True)
-@click.option('--data',          help='Dataset zip or folder (dataset_tool.py format)', metavar='ZIP|DIR', type=str, required=True)
+# The network, its training objective and its starting point: train.py's own options.
 @click.option('--cond',          help='Class-conditional (needs labels in dataset.json)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--arch',          help='Network: DDPM++, NCSN++ or ADM',                              type=click.Choice(['ddpmpp', 'ncsnpp', 'adm']), default='ddpmpp', show_default=True)
 @click.option('--precond',       help='Preconditioner and loss (ddpm = VP network with the discrete DDPM loss)', type=click.Choice(['vp', 've', 'edm', 'ddpm']), default='edm', show_default=True)
-
-# Hyperparameters.
-@click.option('--duration',      help='Images to train on, in millions', metavar='MIMG',            type=click.FloatRange(min=0, min_open=True), default=200, show_default=True)
-@click.option('--batch',         help='Images per step over all processes', metavar='INT',          type=click.IntRange(min=1), default=512, show_default=True)
-@click.option('--batch-gpu',     help='Micro-batch per process (accumulates gradients)', metavar='INT', type=click.IntRange(min=1))
 @click.option('--cbase',         help='Base channel count  [default: per --arch]', metavar='INT',    type=click.IntRange(min=1))
 @click.option('--cres',          help='Channel multipliers per resolution  [default: per --arch]', metavar='LIST', type=parse_int_list)
-@click.option('--lr',            help='Adam learning rate (peak)', metavar='FLOAT',                  type=click.FloatRange(min=0, min_open=True), default=10e-4, show_default=True)
-@click.option('--lr-rampup',     help='Linear LR warm-up, 0 = full rate at once', metavar='KIMG',   type=click.FloatRange(min=0), default=10000, show_default=True)
-@click.option('--ema',           help='Half-life of the weight EMA', metavar='MIMG',                 type=click.FloatRange(min=0), default=0.5, show_default=True)
-@click.option('--ema-rampup',    help='EMA half-life cap as a fraction of images seen  [default: 0.05; none with --transfer]', metavar='RATIO|none', type=parse_ema_rampup)
-@click.option('--dropout',       help='Dropout rate of the network', metavar='FLOAT',                type=click.FloatRange(min=0, max=1), default=0.13, show_default=True)
-@click.option('--augment',       help='Probability of each non-leaky augmentation, 0 = off', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.12, show_default=True)
-@click.option('--xflip',         help='Add mirrored copies of the dataset', metavar='BOOL',          type=bool, default=False, show_default=True)
-
-# Performance-related.
-@click.option('--fp16',          help='Run the network in float16 on CUDA', metavar='BOOL',         type=bool, default=False, show_default=True)
-@click.option('--ls',            help='Static loss scale (use with --fp16)', metavar='FLOAT',        type=click.FloatRange(min=0, min_open=True), default=1, show_default=True)
-@click.option('--bench',         help='Let cuDNN pick the fastest kernels', metavar='BOOL',         type=bool, default=True, show_default=True)
-@click.option('--cache',         help='Keep decoded images in RAM', metavar='BOOL',                  type=bool, default=True, show_default=True)
-@click.option('--workers',       help='Data loading processes per GPU', metavar='INT',               type=click.IntRange(min=1), default=1, show_default=True)
-@click.option('--device',        help='Device  [default: cuda if available, else cpu]', metavar='cuda|cpu|cuda:N', type=str)
-
-# I/O-related.
-@click.option('--desc',          help='Suffix for the run folder name', metavar='STR',              type=str)
-@click.option('--nosubdir',      help='Write into --outdir itself, no numbered run folder',         is_flag=True)
-@click.option('--tick',          help='Status line every this many kimg', metavar='KIMG',            type=click.IntRange(min=1), default=50, show_default=True)
-@click.option('--snap',          help='Network snapshot every this many ticks', metavar='TICKS',     type=click.IntRange(min=1), default=50, show_default=True)
-@click.option('--dump',          help='Training state every this many ticks', metavar='TICKS',       type=click.IntRange(min=1), default=500, show_default=True)
-@click.option('--seed',          help='Random seed  [default: drawn at random]', metavar='INT',      type=int)
 @click.option('--transfer',      help='Start from the weights of this snapshot, fresh optimizer', metavar='PKL|URL', type=str)
-@click.option('--resume',        help='Continue a run exactly from its training state', metavar='PT', type=str)
-@click.option('--grid-seeds',    help='Sample a PNG grid with these seeds at every snapshot', metavar='LIST', type=parse_int_list)
-@click.option('--trust-code',    help='Let --transfer/--resume pickles run their embedded code (unsafe)', is_flag=True)
-@click.option('-n', '--dry-run', help='Print the options and exit without training',                is_flag=True)
 
-# Spectral regularization.
-@spectral_options
-
-# Metrics of each snapshot.
-@metrics_options
+# Data, hyperparameters, performance, I/O, spectral regularization and metrics, shared with
+# fine_tune.py (edm_spectral/cli.py).
+@training_options(trust_code=dict(help='Let --transfer/--resume pickles run their embedded code (unsafe)'))
 
 def main(**kwargs):
     """Train an EDM-style diffusion model (Karras et al. 2022), optionally with a

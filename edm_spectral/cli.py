@@ -1,5 +1,5 @@
-"""Command-line pieces shared by the CLIs: the --spectral* options of every training CLI, and
-reading a network snapshot named by an option."""
+"""Command-line pieces shared by the CLIs: the --spectral* options of every training CLI, the
+options train.py and fine_tune.py share, and reading a network snapshot named by an option."""
 
 import functools
 import inspect
@@ -10,6 +10,7 @@ import click
 
 import dnnlib
 from torch_utils import distributed as dist
+from training.sampling import parse_int_list
 from training.spectral_loss import CHOICES, SpectralLoss
 
 #----------------------------------------------------------------------------
@@ -134,6 +135,86 @@ def spectral_kwargs_from_options(opts):
                 break
         raise click.ClickException(message) from e
     return kwargs
+
+#----------------------------------------------------------------------------
+# The options train.py and fine_tune.py share, one definition with one meaning in both (EDM's
+# units: --duration and --ema in Mimg, --lr-rampup and --tick in kimg, --snap and --dump in
+# ticks, booleans as BOOL), followed by the --spectral* and --metrics* options. A command
+# changes defaults or help texts by parameter name: @training_options(ema=dict(default=0.025)).
+
+# --tick: kimg > 0; whole numbers stay integers, as EDM writes them to training_options.json.
+class Kimg(click.ParamType):
+    name = 'KIMG'
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f'{value!r} is not a number', param, ctx)
+        if not 0 < number < float('inf'):
+            self.fail(f'{value!r} is not a number of kimg > 0', param, ctx)
+        return int(number) if number.is_integer() else number
+
+# --ema-rampup: a ratio >= 0, or "none" to disable the ramp-up.
+def parse_ema_rampup(s):
+    if s is None or isinstance(s, float):
+        return s
+    if str(s).lower() == 'none':
+        return 'none'
+    try:
+        value = float(s)
+    except ValueError:
+        raise click.BadParameter(f'"{s}" is neither a number nor "none"') from None
+    if value < 0:
+        raise click.BadParameter('must be >= 0')
+    return value
+
+_training_options = [ # (option names, click.option arguments); order = order in --help
+    (['--outdir'],        dict(help='Parent folder of the numbered run folders', metavar='DIR', type=str, required=True)),
+    (['--data'],          dict(help='Dataset zip or folder (dataset_tool.py format)', metavar='ZIP|DIR', type=str, required=True)),
+    (['--duration'],      dict(help='Images to train on, in millions', metavar='MIMG', type=click.FloatRange(min=0, min_open=True), default=200)),
+    (['--batch'],         dict(help='Images per step over all processes', metavar='INT', type=click.IntRange(min=1), default=512)),
+    (['--batch-gpu'],     dict(help='Micro-batch per process (accumulates gradients)', metavar='INT', type=click.IntRange(min=1))),
+    (['--lr'],            dict(help='Adam learning rate (peak)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=10e-4)),
+    (['--lr-rampup'],     dict(help='Linear LR warm-up in kimg, 0 = full rate at once', metavar='KIMG', type=click.FloatRange(min=0), default=10000)),
+    (['--ema'],           dict(help='Half-life of the weight EMA in millions of images (whole kimg, as EDM)', metavar='MIMG', type=click.FloatRange(min=0), default=0.5)),
+    (['--ema-rampup'],    dict(help='EMA half-life cap as a fraction of images seen  [default: 0.05; none with --transfer]', metavar='RATIO|none', type=parse_ema_rampup)),
+    (['--dropout'],       dict(help='Dropout rate of the network', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.13)),
+    (['--augment'],       dict(help='Probability of each non-leaky augmentation, 0 = off', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.12)),
+    (['--xflip'],         dict(help='Add mirrored copies of the dataset', metavar='BOOL', type=bool, default=False)),
+    (['--fp16'],          dict(help='Run the network in float16 on CUDA', metavar='BOOL', type=bool, default=False)),
+    (['--ls'],            dict(help='Static loss scale (use with --fp16)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1)),
+    (['--bench'],         dict(help='Let cuDNN pick the fastest kernels', metavar='BOOL', type=bool, default=True)),
+    (['--cache'],         dict(help='Keep decoded images in RAM', metavar='BOOL', type=bool, default=True)),
+    (['--workers'],       dict(help='Data loading processes per GPU', metavar='INT', type=click.IntRange(min=1), default=1)),
+    (['--device'],        dict(help='Device  [default: cuda if available, else cpu]', metavar='cuda|cpu|cuda:N', type=str)),
+    (['--desc'],          dict(help='Suffix for the run folder name', metavar='STR', type=str)),
+    (['--nosubdir'],      dict(help='Write into --outdir itself, no numbered run folder', is_flag=True)),
+    (['--tick'],          dict(help='Status line every this many kimg', metavar='KIMG', type=Kimg(), default=50)),
+    (['--snap'],          dict(help='Network snapshot every this many ticks', metavar='TICKS', type=click.IntRange(min=1), default=50)),
+    (['--dump'],          dict(help='Training state every this many ticks', metavar='TICKS', type=click.IntRange(min=1), default=500)),
+    (['--seed'],          dict(help='Random seed  [default: drawn at random]', metavar='INT', type=int)),
+    (['--resume'],        dict(help='Continue a run exactly from its training state', metavar='PT', type=str)),
+    (['--grid-seeds'],    dict(help='Sample a PNG grid with these seeds at every snapshot', metavar='LIST', type=parse_int_list)),
+    (['--trust-code'],    dict(help='Let the pickles read run their embedded code (unsafe)', is_flag=True)),
+    (['-n', '--dry-run'], dict(help='Print the options and exit without training', is_flag=True)),
+]
+
+def _param_name(names):
+    return max(names, key=len).lstrip('-').replace('-', '_')
+
+def training_options(**changes):
+    known = {_param_name(names) for names, _ in _training_options}
+    if set(changes) - known:
+        raise TypeError(f'training_options: unknown options {sorted(set(changes) - known)}')
+    def decorate(f):
+        from edm_spectral.metrics import metrics_options # not at import: it loads the metrics code
+        f = spectral_options(metrics_options(f))
+        for names, kwargs in reversed(_training_options):
+            kwargs = dict(kwargs, **changes.get(_param_name(names), {}))
+            f = click.option(*names, show_default=not kwargs.get('is_flag', False), **kwargs)(f)
+        return f
+    return decorate
 
 #----------------------------------------------------------------------------
 # Read the snapshot an option names (`option`, e.g. '--network', appears in the

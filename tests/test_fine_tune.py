@@ -111,7 +111,7 @@ def test_fine_tune_export_raw(setup, cli):
     root, data, net = setup
     outdir = str(root / 'raw')
     cli(fine_tune.main, [f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000008', '--export=raw', '--lr-rampup=0',
-        '--ema=1000', '--ema-rampup=none', '--preset=cifar10', '--augment=0'] + FT_ARGS)
+        '--ema=1', '--ema-rampup=none', '--preset=cifar10', '--augment=0'] + FT_ARGS) # --ema in Mimg, as train.py's
     run_dir, = only_run_dir(outdir)
     state = load_training_state(os.path.join(run_dir, 'training-state-000000.pt'))
     from edm_spectral.checkpoints import load_snapshot
