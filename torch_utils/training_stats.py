@@ -42,7 +42,8 @@ def report(name, value):
     if elems.numel() == 0:
         return value
     elems = elems.reshape(-1).to(_moments_dtype)
-    moments = torch.stack([elems.new_tensor(elems.numel()), elems.sum(), elems.square().sum()])
+    # The count is filled on the device: a tensor from a host number would be a copy that waits for it.
+    moments = torch.stack([elems.new_full([], elems.numel()), elems.sum(), elems.square().sum()])
     if moments.device in by_device:
         by_device[moments.device].add_(moments)
     else:

@@ -13,8 +13,10 @@ import torch
 
 import dnnlib
 from torch_utils import distributed as dist
+from torch_utils import memory
 from torch_utils import misc
 from torch_utils import training_stats
+from training import multi_tensor
 from training import snapshots
 
 #----------------------------------------------------------------------------
@@ -183,25 +185,24 @@ def _accumulate_gradients(ddp, loss_fn, batches, rounds, device, augment_pipe, l
     for index in range(rounds):
         with misc.ddp_sync(ddp, index == rounds - 1):
             images, labels = next(batches)
-            images = images.to(device).to(torch.float32) / 127.5 - 1  # uint8 -> [-1, 1]
-            per_element = loss_fn(net=ddp, images=images, labels=labels.to(device), augment_pipe=augment_pipe)
+            # non_blocking: from pinned memory the copy need not wait for the device.
+            images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1  # uint8 -> [-1, 1]
+            per_element = loss_fn(net=ddp, images=images, labels=labels.to(device, non_blocking=True), augment_pipe=augment_pipe)
             training_stats.report('Loss/loss', per_element)
             per_element.sum().mul(loss_weight).backward()
 
 # Adam at the given rate, after replacing non-finite gradient entries (EDM leaves them unscaled).
-def _apply_gradients(optimizer, params, lr):
+# Multi-tensor calls with EDM's per-parameter bits (training/multi_tensor.py), and no reads
+# from the device: the step never waits for it.
+def _apply_gradients(optimizer, clean_gradients, lr):
     for group in optimizer.param_groups:
         group['lr'] = lr
-    for param in params:
-        if param.grad is not None:
-            torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
-    optimizer.step()
+    clean_gradients()
+    multi_tensor.adam_step(optimizer)
 
 # EMA of the parameters only, as EDM; the buffers come from the initial copy.
-@torch.no_grad()
 def _update_ema(ema, net, beta):
-    for averaged, current in zip(ema.parameters(), net.parameters()):
-        averaged.copy_(current.detach().lerp(averaged, beta))
+    multi_tensor.update_ema(ema.parameters(), net.parameters(), beta)
 
 #----------------------------------------------------------------------------
 # The status line of a tick: label, statistic it is reported as, format of the value, and an
@@ -215,6 +216,7 @@ _STATUS_FIELDS = [
     ('sec/kimg',    'Timing/sec_per_kimg',                '<7.2f', None),
     ('maintenance', 'Timing/maintenance_sec',             '<6.1f', None),
     ('cpumem',      'Resources/cpu_mem_gb',               '<6.2f', None),
+    ('stepmem',     'Resources/peak_step_mem_gb',         '<6.2f', None),
     ('gpumem',      'Resources/peak_gpu_mem_gb',          '<6.2f', None),
     ('reserved',    'Resources/peak_gpu_mem_reserved_gb', '<6.2f', None),
 ]
@@ -233,11 +235,6 @@ def _peak_gpu_memory_gb(device):
     peaks = torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30
     torch.cuda.reset_peak_memory_stats(device)
     return peaks
-
-# Resident memory of this process in GiB.
-def _cpu_mem_gb():
-    import psutil
-    return psutil.Process(os.getpid()).memory_info().rss / 2**30
 
 #----------------------------------------------------------------------------
 # Network snapshot in EDM's pickle format (training/snapshots.py): frozen CPU copies of the
@@ -360,6 +357,7 @@ def training_loop(
     dist.print0('Setting up optimizer...')
     loss_fn = dnnlib.util.construct_class_by_name(**loss_kwargs)
     optimizer = dnnlib.util.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
+    clean_gradients = multi_tensor.GradientCleaner(net.parameters())
     augment_pipe = None if augment_kwargs is None else dnnlib.util.construct_class_by_name(**augment_kwargs)
     ddp = net
     if world_size > 1:
@@ -392,7 +390,7 @@ def training_loop(
             optimizer.zero_grad(set_to_none=True)
             loss_fn.cur_kimg = progress['cur_nimg'] / 1000 # read by the spectral warm-up
             _accumulate_gradients(ddp, loss_fn, batches, rounds, device, augment_pipe, loss_scaling / batch_per_process)
-            _apply_gradients(optimizer, net.parameters(), optimizer_kwargs['lr'] * learning_rate_factor(progress['cur_nimg'], lr_rampup_kimg))
+            _apply_gradients(optimizer, clean_gradients, optimizer_kwargs['lr'] * learning_rate_factor(progress['cur_nimg'], lr_rampup_kimg))
             _update_ema(ema, net, ema_beta(progress['cur_nimg'], batch_size, ema_halflife_kimg, ema_rampup_ratio))
             progress['cur_nimg'] += batch_size
             progress['data_nimg'] += batch_size
@@ -413,11 +411,14 @@ def training_loop(
             tick_end_time = time.time()
             tick_seconds = tick_end_time - tick.start_time
             gpumem, reserved = _peak_gpu_memory_gb(device)
+            # Peak of the tick's steps: CUDA max-allocated, or the process' peak RSS on the CPU.
+            stepmem = gpumem if device.type == 'cuda' else memory.peak_rss_gb()
             dist.print0(_status_line({
                 'Progress/tick': tick.index, 'Progress/kimg': cur_nimg / 1e3,
                 'Timing/total_sec': tick_end_time - start_time, 'Timing/sec_per_tick': tick_seconds,
                 'Timing/sec_per_kimg': tick_seconds / max(cur_nimg - tick.start_nimg, 1) * 1e3,
-                'Timing/maintenance_sec': tick.maintenance, 'Resources/cpu_mem_gb': _cpu_mem_gb(),
+                'Timing/maintenance_sec': tick.maintenance, 'Resources/cpu_mem_gb': memory.rss_gb(),
+                'Resources/peak_step_mem_gb': stepmem,
                 'Resources/peak_gpu_mem_gb': gpumem, 'Resources/peak_gpu_mem_reserved_gb': reserved,
             }))
 
@@ -442,6 +443,7 @@ def training_loop(
             dist.update_progress(kimg, total_kimg)
             tick.update(index=tick.index + 1, start_nimg=cur_nimg, start_time=time.time())
             tick.maintenance = tick.start_time - tick_end_time
+            memory.reset_peak_rss() # the next tick's steps, without this maintenance
 
     dist.barrier() # no rank leaves while another still writes or syncs
     dist.print0()
