@@ -4,17 +4,18 @@ detector, and the fid.py CLI end to end (ref then calc) with the stand-in detect
 import os
 import pickle
 import re
+import subprocess
 import sys
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import fid  # noqa: E402 (repository root script)
-from edm_spectral import detectors  # noqa: E402
+import fid
+from edm_spectral import detectors
+
+from conftest import REPO, child_env
 
 #----------------------------------------------------------------------------
 # Helpers.
@@ -43,9 +44,6 @@ def image_dirs(tmp_path_factory):
 
 def _metrics(output):
     return {m.group(1): float(m.group(2)) for m in re.finditer(r'(FID|KID) \(stand-in[^)]*\): (\S+)', output)}
-
-def _invoke(args):
-    return CliRunner().invoke(fid.main, args)
 
 #----------------------------------------------------------------------------
 # Frechet distance known answers.
@@ -140,62 +138,52 @@ def test_grayscale_is_repeated_to_three_channels(image_dirs):
 # CLI end to end.
 
 @pytest.mark.filterwarnings('ignore:Matrix is singular')   # 24 images, 256-d features: rank-deficient covariances
-def test_cli_ref_then_calc_same_set_is_zero_and_other_set_positive(image_dirs, tmp_path):
+def test_cli_ref_then_calc_same_set_is_zero_and_other_set_positive(image_dirs, tmp_path, cli):
     ref = str(tmp_path / 'refs' / 'noise.npz')
-    r = _invoke(['ref', f'--data={image_dirs["noise"]}', f'--dest={ref}', '--detector=standin', '--workers=0', '--device=cpu', '--batch=7', '--features'])
-    assert r.exit_code == 0, r.output
+    r = cli(fid.main, ['ref', f'--data={image_dirs["noise"]}', f'--dest={ref}', '--detector=standin', '--workers=0', '--device=cpu', '--batch=7', '--features'])
     data = np.load(ref)
     assert data['mu'].shape == (256,) and data['sigma'].shape == (256, 256) and data['features'].shape == (24, 256)
     assert str(data['detector']) == 'standin'
 
-    r = _invoke(['calc', f'--images={image_dirs["noise"]}', f'--ref={ref}', '--num=24', '--detector=standin', '--workers=0', '--device=cpu', '--kid'])
-    assert r.exit_code == 0, r.output
+    r = cli(fid.main, ['calc', f'--images={image_dirs["noise"]}', f'--ref={ref}', '--num=24', '--detector=standin', '--workers=0', '--device=cpu', '--kid'])
     values = _metrics(r.output)
     assert 'FID (stand-in detector, NOT comparable to published FID)' in r.output
     assert abs(values['FID']) < 1e-4
 
-    r = _invoke(['calc', f'--images={image_dirs["dark"]}', f'--ref={ref}', '--num=24', '--detector=standin', '--workers=0', '--device=cpu', '--kid'])
-    assert r.exit_code == 0, r.output
+    r = cli(fid.main, ['calc', f'--images={image_dirs["dark"]}', f'--ref={ref}', '--num=24', '--detector=standin', '--workers=0', '--device=cpu', '--kid'])
     values = _metrics(r.output)
     assert values['FID'] > 1 and values['KID'] > 0
 
-def test_cli_num_larger_than_set_is_an_error(image_dirs, tmp_path):
+def test_cli_num_larger_than_set_is_an_error(image_dirs, tmp_path, cli):
     ref = str(tmp_path / 'noise.npz')
-    assert _invoke(['ref', f'--data={image_dirs["noise"]}', f'--dest={ref}', '--detector=standin', '--workers=0', '--device=cpu']).exit_code == 0
-    r = _invoke(['calc', f'--images={image_dirs["noise"]}', f'--ref={ref}', '--num=100', '--detector=standin', '--workers=0', '--device=cpu'])
-    assert r.exit_code != 0 and 'fewer than --num=100' in r.output and '--allow-fewer' in r.output
-    r = _invoke(['calc', f'--images={image_dirs["noise"]}', f'--ref={ref}', '--num=100', '--allow-fewer', '--detector=standin', '--workers=0', '--device=cpu'])
-    assert r.exit_code == 0, r.output
+    cli(fid.main, ['ref', f'--data={image_dirs["noise"]}', f'--dest={ref}', '--detector=standin', '--workers=0', '--device=cpu'])
+    r = cli(fid.main, ['calc', f'--images={image_dirs["noise"]}', f'--ref={ref}', '--num=100', '--detector=standin', '--workers=0', '--device=cpu'], fails_with='fewer than --num=100')
+    assert '--allow-fewer' in r.output, r.output
+    cli(fid.main, ['calc', f'--images={image_dirs["noise"]}', f'--ref={ref}', '--num=100', '--allow-fewer', '--detector=standin', '--workers=0', '--device=cpu'])
     # KID needs stored features; a detector mismatch with the reference is refused.
-    r = _invoke(['calc', f'--images={image_dirs["noise"]}', f'--ref={ref}', '--num=24', '--kid', '--detector=standin', '--workers=0', '--device=cpu'])
-    assert r.exit_code != 0 and '--features' in r.output
+    cli(fid.main, ['calc', f'--images={image_dirs["noise"]}', f'--ref={ref}', '--num=24', '--kid', '--detector=standin', '--workers=0', '--device=cpu'], fails_with='--features')
 
-def test_cli_bad_inputs_give_clear_errors(image_dirs, tmp_path):
+def test_cli_bad_inputs_give_clear_errors(image_dirs, tmp_path, cli):
     bad = tmp_path / 'bad.npz'
     bad.write_bytes(b'not an npz')
     common = ['--detector=standin', '--workers=0', '--device=cpu', '--num=24']
-    r = _invoke(['calc', f'--images={image_dirs["noise"]}', f'--ref={bad}'] + common)
-    assert r.exit_code != 0 and 'not a readable .npz' in r.output
-    r = _invoke(['calc', f'--images={image_dirs["noise"]}', f'--ref={tmp_path / "missing.npz"}'] + common)
-    assert r.exit_code != 0 and 'not found' in r.output
+    cli(fid.main, ['calc', f'--images={image_dirs["noise"]}', f'--ref={bad}'] + common, fails_with='not a readable .npz')
+    cli(fid.main, ['calc', f'--images={image_dirs["noise"]}', f'--ref={tmp_path / "missing.npz"}'] + common, fails_with='not found')
     np.savez(tmp_path / 'wrong_dim.npz', mu=np.zeros(2048), sigma=np.eye(2048)[:4, :4])
-    r = _invoke(['calc', f'--images={image_dirs["noise"]}', f'--ref={tmp_path / "wrong_dim.npz"}'] + common)
-    assert r.exit_code != 0 and 'bad shapes' in r.output
+    cli(fid.main, ['calc', f'--images={image_dirs["noise"]}', f'--ref={tmp_path / "wrong_dim.npz"}'] + common, fails_with='bad shapes')
     np.savez(tmp_path / 'inception.npz', mu=np.zeros(8), sigma=np.eye(8))  # no 'detector' key = published Inception refs
-    r = _invoke(['calc', f'--images={image_dirs["noise"]}', f'--ref={tmp_path / "inception.npz"}'] + common)
-    assert r.exit_code != 0 and 'same detector' in r.output
+    cli(fid.main, ['calc', f'--images={image_dirs["noise"]}', f'--ref={tmp_path / "inception.npz"}'] + common, fails_with='same detector')
     np.savez(tmp_path / 'standin.npz', mu=np.zeros(256), sigma=np.eye(256), detector=np.array('standin'))
-    r = _invoke(['calc', f'--images={tmp_path / "nowhere"}', f'--ref={tmp_path / "standin.npz"}'] + common)
-    assert r.exit_code != 0 and 'not found' in r.output
+    cli(fid.main, ['calc', f'--images={tmp_path / "nowhere"}', f'--ref={tmp_path / "standin.npz"}'] + common, fails_with='not found')
 
 def _save_standin_torchscript(path, **kwargs):
     torch.jit.script(detectors.StandinDetector(**kwargs)).save(str(path))   # the tests' stand-in file: NOT an FID detector
 
-def test_missing_detector_gives_download_instructions(image_dirs, tmp_path, monkeypatch):
+def test_missing_detector_gives_download_instructions(image_dirs, tmp_path, monkeypatch, cli):
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
     url = 'http://localhost:9/metrics/inception-2015-12-05.pkl'   # nothing listens on port 9 (discard)
-    r = _invoke(['ref', f'--data={image_dirs["noise"]}', f'--dest={tmp_path / "x.npz"}', f'--detector={url}', '--workers=0', '--device=cpu'])
-    assert r.exit_code != 0
+    r = cli(fid.main, ['ref', f'--data={image_dirs["noise"]}', f'--dest={tmp_path / "x.npz"}', f'--detector={url}', '--workers=0', '--device=cpu'],
+        fails_with=url)
     cache_file = detectors.detector_cache_path(url)
     assert url in r.output and cache_file in r.output and '--detector=PATH' in r.output and '--trust-code' in r.output and 'wget' in r.output
     assert not os.path.exists(tmp_path / 'x.npz')
@@ -246,35 +234,23 @@ def test_pickle_detectors_load_only_from_the_standard_url_or_with_trust_code(tmp
     with pytest.raises(ValueError, match='not a loadable TorchScript'):
         detectors.load_detector(str(tmp_path / 'saved.pt'), verbose=False)
 
-class _Hostile:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f'open({self.marker!r}, "w").write("payload ran")',))
-
 @pytest.mark.parametrize('command', ['ref', 'calc'])
-def test_hostile_detector_pickle_runs_no_code(image_dirs, tmp_path, command):
-    import subprocess
-    marker, evil = tmp_path / 'payload-ran', tmp_path / 'evil.pkl'
-    with open(evil, 'wb') as f:
-        pickle.dump(_Hostile(marker), f)
+def test_hostile_detector_pickle_runs_no_code(image_dirs, tmp_path, command, cli, hostile):
+    evil = hostile.pickle(wrap=lambda payload: payload)
     ref = tmp_path / 'standin.npz'
     np.savez(ref, mu=np.zeros(256), sigma=np.eye(256), detector=np.array('standin'))
     args = dict(ref=['ref', f'--data={image_dirs["noise"]}', f'--dest={tmp_path / "out.npz"}'],
         calc=['calc', f'--images={image_dirs["noise"]}', f'--ref={ref}', '--num=24'])[command]
     args += [f'--detector={evil}', '--workers=0', '--device=cpu']
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, 'fid.py'] + args, cwd=root, env=dict(os.environ, OMP_NUM_THREADS='1'),
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and not marker.exists()
+    proc = subprocess.run([sys.executable, 'fid.py'] + args, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and not hostile.ran()
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('Error: --detector:') and '--trust-code' in lines[0], proc.stdout + proc.stderr
     assert not os.path.exists(tmp_path / 'out.npz')
 
     # The same file with --trust-code is unpickled: the payload runs (which is what the flag says).
-    r = _invoke(args + ['--trust-code'])
-    assert r.exit_code != 0 and 'does not hold a detector module' in r.output and marker.exists()
+    r = cli(fid.main, args + ['--trust-code'], fails_with='does not hold a detector module')
+    assert hostile.ran(), r.output
 
 @pytest.mark.parametrize('cores, workers', [(1, 0), (2, 1), (4, 3), (64, 3)])
 def test_default_workers_fit_the_cores(monkeypatch, cores, workers):
@@ -285,15 +261,10 @@ def test_default_workers_fit_the_cores(monkeypatch, cores, workers):
 #----------------------------------------------------------------------------
 # Two CPU processes under torchrun (Gloo) give the same statistics and features as one process.
 
-def test_torchrun_two_processes_match_single_process(image_dirs, tmp_path):
-    import subprocess
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def test_torchrun_two_processes_match_single_process(image_dirs, tmp_path, cli, torchrun):
     args = ['ref', f'--data={image_dirs["noise"]}', '--detector=standin', '--workers=0', '--device=cpu', '--batch=5', '--features']
-    assert _invoke(args + [f'--dest={tmp_path / "one.npz"}']).exit_code == 0
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'fid.py']
-        + args + [f'--dest={tmp_path / "two.npz"}'], cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cli(fid.main, args + [f'--dest={tmp_path / "one.npz"}'])
+    torchrun('fid.py', *args, f'--dest={tmp_path / "two.npz"}')
     one, two = np.load(tmp_path / 'one.npz'), np.load(tmp_path / 'two.npz')
     np.testing.assert_array_equal(one['features'], two['features'])
     np.testing.assert_allclose(one['mu'], two['mu'], rtol=1e-12, atol=1e-15)
