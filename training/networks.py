@@ -153,6 +153,11 @@ class AttentionOp(torch.autograd.Function):
 
 @persistence.persistent_class
 class UNetBlock(torch.nn.Module):
+    # Opt-in (set_fused_attention): attention through torch's scaled_dot_product_attention,
+    # which rounds differently (and accumulates fp16 in fp16). Not a constructor argument, so
+    # checkpoints and the default numerics do not change.
+    fused_attention = False
+
     def __init__(self, in_channels, out_channels, emb_channels,
         up=False, down=False, attention=False, num_heads=None, channels_per_head=64,
         dropout=0, skip_scale=1, eps=1e-5, resample_filter=[1,1], resample_proj=False, adaptive_scale=True,
@@ -197,8 +202,21 @@ class UNetBlock(torch.nn.Module):
         # qkv channels are read as (head, channel, 3): q, k, v interleave with stride 3.
         rows, per_head = x.shape[0] * self.num_heads, x.shape[1] // self.num_heads
         q, k, v = self.qkv(self.norm2(x)).reshape(rows, per_head, 3, -1).unbind(2)
-        mixed = torch.einsum('nqk,nck->ncq', AttentionOp.apply(q, k), v)
+        if self.fused_attention:
+            mixed = _functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        else:
+            mixed = torch.einsum('nqk,nck->ncq', AttentionOp.apply(q, k), v)
         return self.proj(mixed.reshape(*x.shape)).add_(x) * self.skip_scale
+
+# Switch every UNetBlock of module to (or back from) the fused attention above.
+def set_fused_attention(module, enabled=True):
+    for block in module.modules():
+        if isinstance(block, UNetBlock):
+            if enabled:
+                block.fused_attention = True
+            else:
+                vars(block).pop('fused_attention', None)
+    return module
 
 #----------------------------------------------------------------------------
 # Embeddings of a scalar per sample as [cos | sin] features.
@@ -510,7 +528,7 @@ class _Preconditioner(torch.nn.Module):
         x, sigma, class_labels, dtype = _prepare_inputs(self, x, sigma, class_labels, force_fp32)
         c_skip, c_out, c_in, c_noise = self._coefficients(sigma)
         F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        if F_x.dtype != dtype:
+        if F_x.dtype != dtype and not torch.is_autocast_enabled(x.device.type): # autocast picks its own dtypes
             raise RuntimeError(f'{type(self).__name__}: the network returned {F_x.dtype}, expected {dtype}')
         # Channels past img_channels (iDDPM's learned variance) are not part of the denoiser.
         return c_skip * x + c_out * F_x[:, :self.img_channels].to(torch.float32)
