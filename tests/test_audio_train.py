@@ -3,18 +3,18 @@ waveforms, and a few training steps + vocoding end to end through the CLIs."""
 
 import json
 import os
+import textwrap
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from edm_spectral.audio import data as data_lib
 from edm_spectral.audio import diffusion
 from edm_spectral.audio import model as model_lib
 from training.spectral_loss import SpectralLoss
 
-from test_audio_data import make_corpus
+from conftest import make_wav_corpus
 
 TINY = dict(residual_layers=2, residual_channels=8, dilation_cycle_length=2)
 
@@ -98,16 +98,14 @@ def test_spectral_term_on_waveforms(kind, extra):
 # A 3-clip corpus (one held out) and the train CLI options of a tiny model on it.
 def tiny_train_setup(tmp_path, *extra):
     root = str(tmp_path / 'lj')
-    make_corpus(root, ['LJ001-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
+    make_wav_corpus(root, ['LJ001-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
     return root, ['--data', root, '--outdir', str(tmp_path / 'runs'), '--residual-layers=2', '--residual-channels=8',
         '--dilation-cycle=2', '--batch=2', '--crop-frames=8', '--workers=0', '--device=cpu', *extra]
 
-def test_train_resume_vocode_end_to_end(tmp_path):
+def test_train_resume_vocode_end_to_end(tmp_path, cli):
     from edm_spectral.audio import train, vocode
     root, common = tiny_train_setup(tmp_path, '--tick=2')
-    runner = CliRunner()
-    res = runner.invoke(train.main, common + ['--steps=3', '--snap=2', '--spectral=fourier-amp-phase', '--spectral-weight=1e-4'])
-    assert res.exit_code == 0, res.output
+    cli(train.main, common + ['--steps=3', '--snap=2', '--spectral=fourier-amp-phase', '--spectral-weight=1e-4'])
     run = os.path.join(str(tmp_path / 'runs'), sorted(os.listdir(tmp_path / 'runs'))[0])
     assert sorted(f for f in os.listdir(run) if f.startswith('weights')) == ['weights-2.pt', 'weights-3.pt', 'weights.pt']
     stats = [json.loads(line) for line in open(os.path.join(run, 'stats.jsonl'))]
@@ -115,19 +113,15 @@ def test_train_resume_vocode_end_to_end(tmp_path):
     ckpt = torch.load(os.path.join(run, 'weights.pt'), weights_only=True)
     assert ckpt['step'] == 3 and ckpt['spectral_kwargs']['kind'] == 'fourier-amp-phase'
 
-    res = runner.invoke(train.main, common + ['--steps=5', '--resume', os.path.join(run, 'weights.pt')])
-    assert res.exit_code == 0, res.output
+    cli(train.main, common + ['--steps=5', '--resume', os.path.join(run, 'weights.pt')])
     run2 = os.path.join(str(tmp_path / 'runs'), sorted(d for d in os.listdir(tmp_path / 'runs') if d[0].isdigit())[-1])
     assert torch.load(os.path.join(run2, 'weights.pt'), weights_only=True)['step'] == 5
 
-    res = runner.invoke(train.main, common + ['--steps=1', '--spectral=fourier-amp'])
-    assert res.exit_code != 0 and 'constant spectral weight' in res.output
-    res = runner.invoke(train.main, common + ['--steps=1', '--init', str(tmp_path / 'nope.pt')])
-    assert res.exit_code != 0 and 'no such file' in res.output
+    cli(train.main, common + ['--steps=1', '--spectral=fourier-amp'], fails_with='constant spectral weight')
+    cli(train.main, common + ['--steps=1', '--init', str(tmp_path / 'nope.pt')], fails_with='no such file')
 
     out = str(tmp_path / 'voc')
-    res = runner.invoke(vocode.main, ['--ckpt', os.path.join(run2, 'weights.pt'), '--data', root, '--outdir', out, '--seeds=0-1', '--device=cpu'])
-    assert res.exit_code == 0, res.output
+    cli(vocode.main, ['--ckpt', os.path.join(run2, 'weights.pt'), '--data', root, '--outdir', out, '--seeds=0-1', '--device=cpu'])
     ref, rate = data_lib.read_wav(os.path.join(out, 'reference', 'LJ001-0001.wav'))
     gen, _ = data_lib.read_wav(os.path.join(out, 'seed001', 'LJ001-0001.wav'))
     assert rate == 22050 and len(gen) == len(ref) == int(0.4 * 22050)
@@ -139,54 +133,57 @@ def test_train_resume_vocode_end_to_end(tmp_path):
 
 # --upsampler-init=interp trains a new model whose upsampler starts as linear interpolation; it
 # is rejected when the weights come from a checkpoint.
-def test_train_upsampler_init_option(tmp_path):
+def test_train_upsampler_init_option(tmp_path, cli):
     from edm_spectral.audio import train
     _, common = tiny_train_setup(tmp_path, '--lr=1e-12')
-    runner = CliRunner()
-    res = runner.invoke(train.main, common + ['--steps=1', '--upsampler-init=interp'])
-    assert res.exit_code == 0, res.output
+    cli(train.main, common + ['--steps=1', '--upsampler-init=interp'])
     run = os.path.join(str(tmp_path / 'runs'), sorted(os.listdir(tmp_path / 'runs'))[0])
     assert json.load(open(os.path.join(run, 'training_options.json')))['upsampler_init'] == 'interp'
     w = torch.load(os.path.join(run, 'weights.pt'), weights_only=True)['model']['spectrogram_upsampler.conv1.weight']
     ref = model_lib.SpectrogramUpsampler([16, 16], init='interp').conv1.weight.detach()
     assert torch.allclose(w, ref, atol=1e-6) # Tiny lr: still the interpolation kernel after one step.
-    res = runner.invoke(train.main, common + ['--steps=1', '--upsampler-init=interp', '--init', os.path.join(run, 'weights.pt')])
-    assert res.exit_code != 0 and 'only applies to new models' in res.output
-    res = runner.invoke(train.main, common + ['--steps=1', '--upsampler-init=cubic'])
-    assert res.exit_code != 0 and 'upsampler-init' in res.output
+    cli(train.main, common + ['--steps=1', '--upsampler-init=interp', '--init', os.path.join(run, 'weights.pt')], fails_with='only applies to new models')
+    cli(train.main, common + ['--steps=1', '--upsampler-init=cubic'], fails_with='upsampler-init')
 
 #----------------------------------------------------------------------------
 # torchrun with two Gloo processes: training writes one run with both ranks' losses, and
-# vocoding spreads the clips over the ranks with exactly the WAVs of a single process.
+# vocoding spreads the clips over the ranks with exactly the WAVs of a single process. One
+# launch runs both commands, as `python -m` would, the vocoder on the new checkpoint.
 
-def test_train_and_vocode_under_torchrun(tmp_path):
-    import socket
-    import subprocess
-    import sys
+TRAIN_THEN_VOCODE = textwrap.dedent('''
+    import glob, os, runpy, sys
+    from torch_utils import distributed as dist
+
+    def run_module(module, args): # python -m MODULE ARGS; click's exit 0 ends only the command
+        sys.argv = [module, *args]
+        try:
+            runpy.run_module(module, run_name='__main__', alter_sys=True)
+        except SystemExit as e:
+            if e.code not in (0, None):
+                raise
+
+    # train_then_vocode.py TRAIN_OPTIONS... THEN VOCODE_OPTIONS... (--ckpt is added)
+    cut = sys.argv.index('THEN')
+    train_args, vocode_args = sys.argv[1:cut], sys.argv[cut + 1:]
+    run_module('edm_spectral.audio.train', train_args)
+    dist.barrier() # rank 0 has written the checkpoint
+    ckpt, = glob.glob(os.path.join(train_args[train_args.index('--outdir') + 1], '*', 'weights.pt'))
+    run_module('edm_spectral.audio.vocode', ['--ckpt', ckpt, *vocode_args])
+''')
+
+def test_train_and_vocode_under_torchrun(tmp_path, torchrun):
     root = str(tmp_path / 'lj')
-    make_corpus(root, ['LJ001-0001', 'LJ001-0002', 'LJ002-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=repo)
-    for key in ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']:
-        env.pop(key, None)
-    def torchrun(module, args):
-        with socket.socket() as s:
-            s.bind(('127.0.0.1', 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}', '-m', module] + args
-        res = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-
-    torchrun('edm_spectral.audio.train', ['--data', root, '--outdir', str(tmp_path / 'runs'), '--residual-layers=2',
-        '--residual-channels=8', '--dilation-cycle=2', '--batch=4', '--crop-frames=8', '--workers=0', '--tick=1', '--steps=2',
-        '--device=cpu', '--spectral=wavelet', '--spectral-weight=1e-4'])
+    make_wav_corpus(root, ['LJ001-0001', 'LJ001-0002', 'LJ002-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
+    driver = tmp_path / 'train_then_vocode.py'
+    driver.write_text(TRAIN_THEN_VOCODE)
+    torchrun(driver, '--data', root, '--outdir', tmp_path / 'runs', '--residual-layers=2', '--residual-channels=8', '--dilation-cycle=2',
+        '--batch=4', '--crop-frames=8', '--workers=0', '--tick=1', '--steps=2', '--device=cpu', '--spectral=wavelet', '--spectral-weight=1e-4',
+        'THEN', '--data', root, '--outdir', tmp_path / 'voc2', '--seeds=0-1', '--device=cpu', cwd=tmp_path)
     run, = [os.path.join(tmp_path, 'runs', d) for d in os.listdir(tmp_path / 'runs') if d[0].isdigit()]
     assert 'gpus2-batch4' in run
     stats = [json.loads(line) for line in open(os.path.join(run, 'stats.jsonl'))]
     assert stats[-1]['step'] == 2 and stats[-1]['Loss/spectral']['num'] == 4 # both ranks' crops are collected
     ckpt = os.path.join(run, 'weights.pt')
-
-    torchrun('edm_spectral.audio.vocode', ['--ckpt', ckpt, '--data', root, '--outdir', str(tmp_path / 'voc2'), '--seeds=0-1', '--device=cpu'])
     from edm_spectral.audio import vocode
     threads = torch.get_num_threads()
     torch.set_num_threads(1) # as each torchrun process (OMP_NUM_THREADS=1): CPU kernels round differently per thread count
