@@ -10,6 +10,7 @@ import torch
 
 import dnnlib
 from edm_spectral import detectors, fid_stats
+from edm_spectral.cli import load_snapshot_option, sampler_options
 from edm_spectral.fid_stats import calculate_fid_from_inception_stats, calculate_inception_stats, calculate_kid, load_ref_stats  # noqa: F401 (EDM's names, importable from fid)
 from torch_utils import distributed as dist
 from training.sampling import check_sigma_range, parse_int_list
@@ -149,26 +150,6 @@ def _common_options(trust_help):
         return f
     return decorate
 
-# generate.py's sampler options, with the same names, types and defaults.
-def _sampler_options(f):
-    options = [
-        click.option('--steps', 'num_steps',      help='--network: noise levels N (2N-1 network calls for Heun)', metavar='INT', type=click.IntRange(min=2), default=18, show_default=True),
-        click.option('--sigma_min',               help='--network: smallest noise level  [default: per --disc]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
-        click.option('--sigma_max',               help='--network: largest noise level  [default: per --disc]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True)),
-        click.option('--rho',                     help='--network: exponent of the EDM step spacing', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True),
-        click.option('--S_churn', 'S_churn',      help='--network: churn, noise re-added over all steps', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
-        click.option('--S_min', 'S_min',          help='--network: churn only where sigma >= this', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True),
-        click.option('--S_max', 'S_max',          help='--network: churn only where sigma <= this', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True),
-        click.option('--S_noise', 'S_noise',      help='--network: scale of the re-added noise', metavar='FLOAT', type=float, default=1, show_default=True),
-        click.option('--solver',                  help='--network, ablation: ODE solver', metavar='euler|heun', type=click.Choice(['euler', 'heun'])),
-        click.option('--disc', 'discretization',  help='--network, ablation: time steps', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm'])),
-        click.option('--schedule',                help='--network, ablation: noise schedule sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear'])),
-        click.option('--scaling',                 help='--network, ablation: signal scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none'])),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
 #----------------------------------------------------------------------------
 
 @main.command()
@@ -185,7 +166,7 @@ def _sampler_options(f):
 @click.option('--kid',                  help='Also compute KID (needs a reference made with --features)', is_flag=True)
 @click.option('--kid-subsets',          help='KID: number of random subsets', metavar='INT', type=click.IntRange(min=1), default=100, show_default=True)
 @click.option('--kid-subset-size',      help='KID: maximum subset size', metavar='INT', type=click.IntRange(min=2), default=1000, show_default=True)
-@_sampler_options
+@sampler_options(source='--network') # generate.py's, with the same names, types and defaults
 @_common_options('Load --detector and --network pickles with plain pickle.load, executing the code stored in them (only for files you trust)')
 def calc(image_path, network_pkl, ref_path, num_expected, allow_fewer, seed, seeds, repeats, class_idx, batch, kid,
         kid_subsets, kid_subset_size, detector, trust_code, workers, device, **sampler_kwargs):
@@ -214,7 +195,6 @@ def calc(image_path, network_pkl, ref_path, num_expected, allow_fewer, seed, see
         if dist.get_rank() == 0:
             _report(stats, ref, det_name, kid, kid_subsets, kid_subset_size, seed)
     else:
-        from edm_spectral.cli import load_snapshot_option
         dist.print0(f'Loading network from "{network_pkl}"...')
         net = load_snapshot_option(network_pkl, '--network', trust_code=trust_code, device=device)['ema']
         if class_idx is not None and not class_idx < net.label_dim:

@@ -13,8 +13,9 @@ import tqdm
 
 import dnnlib
 from torch_utils import distributed as dist
-from training.sampling import ABLATION_CHOICES, check_sigma_range, parse_int_list, sample_batch, split_seeds, to_uint8
+from training.sampling import check_sigma_range, parse_int_list, sample_batch, split_seeds, to_uint8
 from training.images import save_image, save_image_grid
+from edm_spectral.cli import load_snapshot_option, sampler_options
 
 #----------------------------------------------------------------------------
 # Where the CLI writes the image of a seed.
@@ -28,7 +29,6 @@ def image_path(outdir, seed, subdirs=False):
 # Load the network on every rank, rank 0 first (it fills the download cache for URLs).
 
 def _load_network(network_pkl, device, trust_code):
-    from edm_spectral.cli import load_snapshot_option
     dist.print0(f'Loading network from "{network_pkl}"...')
     return load_snapshot_option(network_pkl, '--network', trust_code=trust_code, device=device)['ema']
 
@@ -44,21 +44,8 @@ def _load_network(network_pkl, device, trust_code):
 @click.option('--class', 'class_idx',      help='Class of every image (conditional nets)  [default: random]', metavar='INT', type=click.IntRange(min=0), default=None)
 @click.option('--batch', 'max_batch_size', help='Images per batch and process', metavar='INT',                       type=click.IntRange(min=1), default=64, show_default=True)
 
-# Sampler options.
-@click.option('--steps', 'num_steps',      help='Noise levels N (2N-1 network calls for Heun)', metavar='INT',       type=click.IntRange(min=2), default=18, show_default=True)
-@click.option('--sigma_min',               help='Smallest noise level  [default: per --disc]', metavar='FLOAT',      type=click.FloatRange(min=0, min_open=True))
-@click.option('--sigma_max',               help='Largest noise level  [default: per --disc]', metavar='FLOAT',       type=click.FloatRange(min=0, min_open=True))
-@click.option('--rho',                     help='Exponent of the EDM step spacing', metavar='FLOAT',                 type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
-@click.option('--S_churn', 'S_churn',      help='Churn: noise re-added over all steps', metavar='FLOAT',             type=click.FloatRange(min=0), default=0, show_default=True)
-@click.option('--S_min', 'S_min',          help='Churn only where sigma >= this', metavar='FLOAT',                   type=click.FloatRange(min=0), default=0, show_default=True)
-@click.option('--S_max', 'S_max',          help='Churn only where sigma <= this', metavar='FLOAT',                   type=click.FloatRange(min=0), default='inf', show_default=True)
-@click.option('--S_noise', 'S_noise',      help='Scale of the re-added noise', metavar='FLOAT',                      type=float, default=1, show_default=True)
-
-# Ablation options (any of them selects the generalized ablation sampler).
-@click.option('--solver',                  help='Ablation: ODE solver', metavar='euler|heun',                        type=click.Choice(ABLATION_CHOICES['solver']))
-@click.option('--disc', 'discretization',  help='Ablation: time steps', metavar='vp|ve|iddpm|edm',                   type=click.Choice(ABLATION_CHOICES['discretization']))
-@click.option('--schedule',                help='Ablation: noise schedule sigma(t)', metavar='vp|ve|linear',         type=click.Choice(ABLATION_CHOICES['schedule']))
-@click.option('--scaling',                 help='Ablation: signal scaling s(t)', metavar='vp|none',                  type=click.Choice(ABLATION_CHOICES['scaling']))
+# Sampler and ablation options (any ablation option selects the generalized ablation sampler).
+@sampler_options
 
 # Our additions.
 @click.option('--device',                  help='Device  [default: cuda if available, else cpu]', metavar='STR',   type=str, default=None)

@@ -1,5 +1,6 @@
 """Command-line pieces shared by the CLIs: the --spectral* options of every training CLI, the
-options train.py and fine_tune.py share, and reading a network snapshot named by an option."""
+options train.py and fine_tune.py share, the sampler options of generate.py and fid.py, and
+reading a network snapshot named by an option."""
 
 import functools
 import inspect
@@ -10,7 +11,7 @@ import click
 
 import dnnlib
 from torch_utils import distributed as dist
-from training.sampling import parse_int_list
+from training.sampling import ABLATION_CHOICES, parse_int_list
 from training.spectral_loss import CHOICES, SpectralLoss
 
 #----------------------------------------------------------------------------
@@ -215,6 +216,38 @@ def training_options(**changes):
             f = click.option(*names, show_default=not kwargs.get('is_flag', False), **kwargs)(f)
         return f
     return decorate
+
+#----------------------------------------------------------------------------
+# The sampler options of generate.py, also those of fid.py calc --network: EDM's names, passed
+# to training.sampling.sample_batch as keyword arguments (None = the sampler's default). Any
+# ablation option selects the generalized ablation sampler. `source` names the option whose
+# images they apply to in the help texts (e.g. '--network').
+
+_sampler_options = [ # (option names, help, ablation?, click.option arguments)
+    (['--steps', 'num_steps'],        'Noise levels N (2N-1 network calls for Heun)', False, dict(metavar='INT', type=click.IntRange(min=2), default=18)),
+    (['--sigma_min'],                 'Smallest noise level  [default: per --disc]', False, dict(metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))),
+    (['--sigma_max'],                 'Largest noise level  [default: per --disc]', False, dict(metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))),
+    (['--rho'],                       'Exponent of the EDM step spacing', False, dict(metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7)),
+    (['--S_churn', 'S_churn'],        'Churn: noise re-added over all steps', False, dict(metavar='FLOAT', type=click.FloatRange(min=0), default=0)),
+    (['--S_min', 'S_min'],            'Churn only where sigma >= this', False, dict(metavar='FLOAT', type=click.FloatRange(min=0), default=0)),
+    (['--S_max', 'S_max'],            'Churn only where sigma <= this', False, dict(metavar='FLOAT', type=click.FloatRange(min=0), default='inf')),
+    (['--S_noise', 'S_noise'],        'Scale of the re-added noise', False, dict(metavar='FLOAT', type=float, default=1)),
+    (['--solver'],                    'ODE solver', True, dict(metavar='euler|heun', type=click.Choice(ABLATION_CHOICES['solver']))),
+    (['--disc', 'discretization'],    'time steps', True, dict(metavar='vp|ve|iddpm|edm', type=click.Choice(ABLATION_CHOICES['discretization']))),
+    (['--schedule'],                  'noise schedule sigma(t)', True, dict(metavar='vp|ve|linear', type=click.Choice(ABLATION_CHOICES['schedule']))),
+    (['--scaling'],                   'signal scaling s(t)', True, dict(metavar='vp|none', type=click.Choice(ABLATION_CHOICES['scaling']))),
+]
+
+def sampler_options(f=None, source=None):
+    if f is None:
+        return lambda g: sampler_options(g, source=source)
+    for names, text, ablation, kwargs in reversed(_sampler_options):
+        if source is None:
+            help = 'Ablation: ' + text if ablation else text
+        else:
+            help = f'{source}, ablation: {text}' if ablation else f'{source}: {text[0].lower()}{text[1:]}'
+        f = click.option(*names, help=help, show_default=True, **kwargs)(f)
+    return f
 
 #----------------------------------------------------------------------------
 # Read the snapshot an option names (`option`, e.g. '--network', appears in the

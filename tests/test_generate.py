@@ -254,7 +254,7 @@ def test_generate_images_batch_independent():
     rnd = sampling.StackedRandomGenerator('cpu', [5])
     rnd.randn([1, 3, 4, 4])
     manual = sampling.edm_sampler(net, z, randn_like=rnd.randn_like, num_steps=6, S_churn=5)
-    assert torch.equal(img.to_uint8(manual)[0], one[0])
+    assert torch.equal(sampling.to_uint8(manual)[0], one[0])
 
 def test_generate_images_ablation_selection():
     net = GaussianDenoiser()
