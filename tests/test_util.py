@@ -210,10 +210,21 @@ def test_copy_params_and_buffers():
     assert all(torch.equal(a, b) for a, b in zip(before, (t for _, t in misc.named_params_and_buffers(narrow))))
 
 def test_ddp_sync_and_consistency_single_process():
+    # Without DDP, ddp_sync(sync=False) is a plain context: the ordinary gradient, d(sum(Wx + b)).
     net = torch.nn.Linear(2, 2)
     with misc.ddp_sync(net, sync=False):
-        net(torch.zeros(1, 2)).sum().backward()
-    misc.check_ddp_consistency(net) # no process group: nothing to compare
+        net(torch.tensor([[1.0, 2.0]])).sum().backward()
+    assert torch.equal(net.weight.grad, torch.tensor([[1.0, 2.0], [1.0, 2.0]])) and torch.equal(net.bias.grad, torch.ones(2))
+    # No process group: no rank to differ from, so not even NaN weights are reported.
+    with torch.no_grad():
+        net.bias.fill_(float('nan'))
+    misc.check_ddp_consistency(net)
+    # Anything but a module is refused by both.
+    with pytest.raises(TypeError, match='ddp_sync'):
+        with misc.ddp_sync(net.weight, sync=True):
+            pass
+    with pytest.raises(TypeError, match='check_ddp_consistency'):
+        misc.check_ddp_consistency(net.weight)
 
 def test_print_module_summary(capsys):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.GroupNorm(2, 4), torch.nn.SiLU())
