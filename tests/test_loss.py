@@ -311,16 +311,28 @@ def test_pickle_loads_in_stock_edm(tmp_path):
 #----------------------------------------------------------------------------
 # The overhead benchmark runs end to end on a tiny configuration.
 
-def test_bench_cli(tmp_path):
+def test_bench_cli(tmp_path, monkeypatch):
     import json
     from click.testing import CliRunner
     from edm_spectral import bench
+    # A clock on a machine that slows down twofold each repetition: every step and term of
+    # repetition r takes 2^r s. Pairing each time with the plain step of its own repetition
+    # cancels the drift, so every ratio is exactly 1; the medians of [1, 2] s are 1.5 s.
+    calls_per_repetition = len(bench.VARIANTS) + sum(kw is not None for kw in bench.VARIANTS.values())
+    calls = []
+    def drifting_clock(fn, device):
+        fn()
+        calls.append(fn)
+        return 2.0 ** ((len(calls) - 1) // calls_per_repetition)
+    monkeypatch.setattr(bench, '_timed', drifting_clock)
     out = tmp_path / 'bench.json'
-    res = CliRunner().invoke(bench.main, ['--device=cpu', '--resolutions=8', '--batch=2', '--iters=1', '--warmup=0', f'--out={out}'])
+    res = CliRunner().invoke(bench.main, ['--device=cpu', '--resolutions=8', '--batch=2', '--iters=2', '--warmup=0', f'--out={out}'])
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())['results'][0]['rows']
     assert [r['variant'] for r in rows] == list(bench.VARIANTS)
-    assert rows[0]['ratio'] == 1.0 and all(r['step_ms'] > 0 for r in rows) and all(r['term_ms'] > 0 for r in rows[1:])
+    assert len(calls) == 2 * calls_per_repetition
+    assert [(r['ratio'], r['step_ms'], r['step_min_ms'], r['ratio_of_min']) for r in rows] == [(1.0, 1500.0, 1000.0, 1.0)] * len(rows)
+    assert 'term_ms' not in rows[0] and all(r['term_ms'] == 1500.0 and r['term_fraction'] == 1.0 for r in rows[1:])
     res = CliRunner().invoke(bench.main, ['--resolutions=12'])
     assert res.exit_code != 0 and 'multiples of 8' in res.output
 
