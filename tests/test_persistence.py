@@ -2,9 +2,6 @@
 import hooks and error cases."""
 
 import copy
-import importlib
-import io
-import os
 import pickle
 import subprocess
 import sys
@@ -16,7 +13,7 @@ import torch
 
 from torch_utils import persistence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import PersistentMeta, child_env
 
 #----------------------------------------------------------------------------
 # A small module with persistent classes, written to disk so that its source
@@ -56,13 +53,8 @@ TINY_SRC = textwrap.dedent('''
 ''')
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    name = 'tiny_persist_' + os.path.basename(str(tmp_path)).replace('-', '_')
-    (tmp_path / f'{name}.py').write_text(TINY_SRC)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module(name)
-    yield module
-    sys.modules.pop(name, None)
+def tiny(source_module):
+    return source_module(TINY_SRC, 'tiny_persist')
 
 #----------------------------------------------------------------------------
 
@@ -117,8 +109,7 @@ def test_unpickle_in_fresh_process_execs_source(tiny, tmp_path):
     torch.save(dict(x=x, y=net(x).detach()), tmp_path / 'io.pt')
     # The fresh process has our torch_utils but not the tiny module on its path.
     script = textwrap.dedent(f'''
-        import pickle, sys, torch
-        sys.path.insert(0, {REPO!r})
+        import pickle, torch
         net = pickle.load(open({str(tmp_path / 'net.pkl')!r}, 'rb'))
         ref = torch.load({str(tmp_path / 'io.pt')!r})
         assert type(net).__module__.startswith('_imported_module_'), type(net).__module__
@@ -126,8 +117,7 @@ def test_unpickle_in_fresh_process_execs_source(tiny, tmp_path):
         assert net.init_args == (3,)
         print('ok')
     ''')
-    res = subprocess.run([sys.executable, '-c', script], cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, OMP_NUM_THREADS='1'))
+    res = subprocess.run([sys.executable, '-c', script], cwd=str(tmp_path), capture_output=True, text=True, timeout=120, env=child_env())
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == 'ok'
 
@@ -147,12 +137,6 @@ HANDMADE_SRC = textwrap.dedent('''
             return x * self.w + 1
 ''')
 
-class _Handmade:
-    def __init__(self, meta):
-        self.meta = meta
-    def __reduce__(self):
-        return (persistence._reconstruct_persistent_obj, (self.meta,))
-
 def make_handmade_meta(src=HANDMADE_SRC, version=6):
     state = torch.nn.Module().__getstate__()
     state['_parameters'] = {'w': torch.nn.Parameter(torch.tensor([2.0, 3.0]))}
@@ -161,18 +145,18 @@ def make_handmade_meta(src=HANDMADE_SRC, version=6):
     return dict(type='class', version=version, module_src=src, class_name='Affine', state=state)
 
 def test_handmade_released_format():
-    obj = pickle.loads(pickle.dumps(_Handmade(make_handmade_meta())))
+    obj = pickle.loads(pickle.dumps(PersistentMeta(make_handmade_meta())))
     assert type(obj).__name__ == 'Affine'
     assert type(obj).__module__.startswith('_imported_module_')
     assert torch.equal(obj(torch.tensor([1.0, 1.0])), torch.tensor([3.0, 4.0]))
     assert obj.init_args == (2,)
     # The same source maps to the same module (executed once).
-    obj2 = pickle.loads(pickle.dumps(_Handmade(make_handmade_meta())))
+    obj2 = pickle.loads(pickle.dumps(PersistentMeta(make_handmade_meta())))
     assert type(obj2) is type(obj)
 
 def test_wrong_version_rejected():
     with pytest.raises(ValueError, match='version'):
-        pickle.loads(pickle.dumps(_Handmade(make_handmade_meta(version=5))))
+        pickle.loads(pickle.dumps(PersistentMeta(make_handmade_meta(version=5))))
 
 def test_import_hook_can_patch_source():
     marker = '# hook-test-unique-1'
@@ -182,7 +166,7 @@ def test_import_hook_can_patch_source():
         return meta
     persistence.import_hook(hook)
     try:
-        obj = pickle.loads(pickle.dumps(_Handmade(make_handmade_meta(HANDMADE_SRC + marker + '\n'))))
+        obj = pickle.loads(pickle.dumps(PersistentMeta(make_handmade_meta(HANDMADE_SRC + marker + '\n'))))
     finally:
         persistence._import_hooks.remove(hook)
     assert torch.equal(obj(torch.tensor([0.0, 0.0])), torch.tensor([100.0, 100.0]))
