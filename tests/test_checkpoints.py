@@ -2,10 +2,7 @@
 training.snapshots) and training states, refusal of code, and loadability of our snapshots by a
 stock EDM environment."""
 
-import importlib
-import os
 import pickle
-import sys
 import textwrap
 
 import numpy as np
@@ -14,8 +11,9 @@ import torch
 
 from edm_spectral import checkpoints
 from training.snapshots import save_snapshot
-from torch_utils import persistence
 from stock_env import run_in_stock_env
+
+from conftest import PersistentMeta
 
 #----------------------------------------------------------------------------
 # Tiny real networks of our own classes.
@@ -156,33 +154,22 @@ def test_training_state_round_trip(tmp_path):
 #----------------------------------------------------------------------------
 # Pickles that try to run code.
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}',))
-
-def test_rejects_os_system(tmp_path):
-    marker = tmp_path / 'pwned'
-    path = tmp_path / 'evil.pkl'
-    with open(path, 'wb') as f:
-        pickle.dump(dict(ema=_Evil(marker), loss_fn=None, augment_pipe=None, dataset_kwargs={}), f)
+def test_rejects_code(hostile):
+    path = hostile.pickle(wrap=lambda payload: dict(ema=payload, loss_fn=None, augment_pipe=None, dataset_kwargs={}))
     with pytest.raises(checkpoints.UnsafePickleError) as info:
-        checkpoints.load_snapshot(str(path))
+        checkpoints.load_snapshot(path)
     msg = str(info.value)
-    assert 'system' in msg and 'trust_code=True' in msg and '--trust-code' in msg and str(path) in msg
-    assert not marker.exists()
+    assert 'exec' in msg and 'trust_code=True' in msg and '--trust-code' in msg and path in msg
+    assert not hostile.ran()
 
-    torch.save(dict(net=_Evil(marker), optimizer_state={}), tmp_path / 'evil.pt')
-    with pytest.raises(checkpoints.UnsafePickleError, match='system'):
-        checkpoints.load_training_state(str(tmp_path / 'evil.pt'))
-    assert not marker.exists()
+    with pytest.raises(checkpoints.UnsafePickleError, match='exec'):
+        checkpoints.load_training_state(hostile.torch_save())
+    assert not hostile.ran()
 
-    # The test can fail: plain pickle does run the command.
-    if sys.platform != 'win32':
-        with open(path, 'rb') as f:
-            pickle.load(f)
-        assert marker.exists()
+    # The test can fail: plain pickle does run the payload.
+    with open(path, 'rb') as f:
+        pickle.load(f)
+    assert hostile.ran()
 
 # A hand-made pickle in the released format whose embedded source has a side
 # effect: the weights-only loader must rebuild the object from our class
@@ -213,27 +200,17 @@ OURS_SRC = textwrap.dedent('''
             return torch.nn.functional.conv2d(x, self.weight)
 ''')
 
-class _Handmade:
-    def __init__(self, meta):
-        self.meta = meta
-    def __reduce__(self):
-        return (persistence._reconstruct_persistent_obj, (self.meta,))
-
 @pytest.fixture
-def tiny_registry(tmp_path, monkeypatch):
-    name = 'tiny_ckpt_' + os.path.basename(str(tmp_path)).replace('-', '_')
-    (tmp_path / f'{name}.py').write_text(OURS_SRC)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = importlib.import_module(name)
-    monkeypatch.setitem(checkpoints._class_registry, 'TinyPrecond', name)
-    yield module
-    sys.modules.pop(name, None)
+def tiny_registry(source_module, monkeypatch):
+    module = source_module(OURS_SRC, 'tiny_ckpt')
+    monkeypatch.setitem(checkpoints._class_registry, 'TinyPrecond', module.__name__)
+    return module
 
 def write_handmade_snapshot(path, net, module_src):
     meta = dict(net.__reduce__()[1][0])
     meta['module_src'] = module_src
     with open(path, 'wb') as f:
-        pickle.dump(dict(ema=_Handmade(meta), loss_fn=None, augment_pipe=None, dataset_kwargs=dict(path='x')), f, protocol=4)
+        pickle.dump(dict(ema=PersistentMeta(meta), loss_fn=None, augment_pipe=None, dataset_kwargs=dict(path='x')), f, protocol=4)
 
 def test_handmade_released_format_never_execs_source(tmp_path, tiny_registry):
     marker = tmp_path / 'source-was-executed'
