@@ -1,5 +1,6 @@
 """Measure the training-step overhead of the spectral regularizers."""
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -149,7 +150,8 @@ def main(device, resolutions, batch, iters, warmup, full, threads, out):
         torch.backends.cudnn.allow_tf32 = False
 
     results = dict(device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
-        torch=torch.__version__, threads=torch.get_num_threads(), full=full, warmup=warmup, results=[])
+        torch=torch.__version__, ptwt=importlib.metadata.version('ptwt'), threads=torch.get_num_threads(), full=full, warmup=warmup, results=[])
+    click.echo(f'torch {results["torch"]}, {results["threads"]} thread(s); the wavelet terms are computed by ptwt {results["ptwt"]}')
     for res in resolutions:
         click.echo(f'Resolution {res}x{res}, batch {batch}, {"full" if full else "reduced"} DDPM++ on {device}...')
         r = bench_resolution(res, batch, iters, warmup, full, device)

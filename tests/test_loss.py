@@ -312,6 +312,7 @@ def test_pickle_loads_in_stock_edm(tmp_path):
 # The overhead benchmark runs end to end on a tiny configuration.
 
 def test_bench_cli(tmp_path, monkeypatch):
+    import importlib.metadata
     import json
     from click.testing import CliRunner
     from edm_spectral import bench
@@ -328,7 +329,9 @@ def test_bench_cli(tmp_path, monkeypatch):
     out = tmp_path / 'bench.json'
     res = CliRunner().invoke(bench.main, ['--device=cpu', '--resolutions=8', '--batch=2', '--iters=2', '--warmup=0', f'--out={out}'])
     assert res.exit_code == 0, res.output
-    rows = json.loads(out.read_text())['results'][0]['rows']
+    data = json.loads(out.read_text())
+    assert data['ptwt'] == importlib.metadata.version('ptwt') # The engine of the wavelet rows.
+    rows = data['results'][0]['rows']
     assert [r['variant'] for r in rows] == list(bench.VARIANTS)
     assert len(calls) == 2 * calls_per_repetition
     assert [(r['ratio'], r['step_ms'], r['step_min_ms'], r['ratio_of_min']) for r in rows] == [(1.0, 1500.0, 1000.0, 1.0)] * len(rows)
