@@ -5,10 +5,10 @@ import os
 import re
 import json
 import click
-import torch
 import dnnlib
 from torch_utils import distributed as dist
 from training import launch
+from edm_spectral.weight_movement import weight_movement
 from edm_spectral.cli import load_snapshot_option, spectral_kwargs_from_options, resume_option, training_options, training_readers
 from edm_spectral.metrics import snapshot_callback_kwargs
 
@@ -45,37 +45,6 @@ def describe_network(net):
     else:
         arch = 'ncsnpp' if kwargs.get('embedding_type', 'positional') == 'fourier' else 'ddpmpp'
     return arch, _PRECOND_NAMES.get(type(net).__name__, type(net).__name__.lower())
-
-#----------------------------------------------------------------------------
-# How far the exported weights moved from the checkpoint: relative L2 of the difference,
-# over all floating-point tensors and per tensor (the per-tensor reference norm is floored
-# at an RMS of 1e-6 per element, so that zero-initialised tensors do not divide by zero).
-
-def weight_movement(ref_net, new_net):
-    ref = ref_net.state_dict()
-    new = new_net.state_dict()
-    diff_sq = ref_sq = 0.0
-    per_tensor = []
-    for name, r in ref.items():
-        if name not in new or not r.is_floating_point():
-            continue
-        r = r.detach().to(torch.float64).cpu()
-        n = new[name].detach().to(torch.float64).cpu()
-        d = (n - r).square().sum().item()
-        s = r.square().sum().item()
-        diff_sq += d
-        ref_sq += s
-        per_tensor.append((d ** 0.5 / max(s ** 0.5, 1e-6 * r.numel() ** 0.5), name))
-    if not per_tensor:
-        raise ValueError('the networks share no floating-point tensors')
-    worst = max(per_tensor)
-    return dnnlib.EasyDict(
-        relative_l2=(diff_sq ** 0.5) / max(ref_sq ** 0.5, 1e-12),
-        max_tensor_relative_l2=worst[0],
-        max_tensor_name=worst[1],
-        num_tensors=len(per_tensor),
-        num_tensors_changed=sum(1 for rel, _ in per_tensor if rel > 0),
-    )
 
 #----------------------------------------------------------------------------
 # Write weight-movement.json and print it (rank 0).

@@ -104,8 +104,8 @@ def tiny_train_setup(tmp_path, *extra):
 
 def test_train_resume_vocode_end_to_end(tmp_path, cli):
     from edm_spectral.audio import train, vocode
-    root, common = tiny_train_setup(tmp_path, '--tick=2')
-    cli(train.main, common + ['--steps=3', '--snap=2', '--spectral=fourier-amp-phase', '--spectral-weight=1e-4'])
+    root, common = tiny_train_setup(tmp_path, '--tick-steps=2')
+    cli(train.main, common + ['--steps=3', '--snap-steps=2', '--spectral=fourier-amp-phase', '--spectral-weight=1e-4'])
     run = os.path.join(str(tmp_path / 'runs'), sorted(os.listdir(tmp_path / 'runs'))[0])
     assert sorted(f for f in os.listdir(run) if f.startswith('weights')) == ['weights-2.pt', 'weights-3.pt', 'weights.pt']
     stats = [json.loads(line) for line in open(os.path.join(run, 'stats.jsonl'))]
@@ -177,7 +177,7 @@ def test_train_and_vocode_under_torchrun(tmp_path, torchrun):
     driver = tmp_path / 'train_then_vocode.py'
     driver.write_text(TRAIN_THEN_VOCODE)
     torchrun(driver, '--data', root, '--outdir', tmp_path / 'runs', '--residual-layers=2', '--residual-channels=8', '--dilation-cycle=2',
-        '--batch=4', '--crop-frames=8', '--workers=0', '--tick=1', '--steps=2', '--device=cpu', '--spectral=wavelet', '--spectral-weight=1e-4',
+        '--batch=4', '--crop-frames=8', '--workers=0', '--tick-steps=1', '--steps=2', '--device=cpu', '--spectral=wavelet', '--spectral-weight=1e-4',
         'THEN', '--data', root, '--outdir', tmp_path / 'voc2', '--seeds=0-1', '--device=cpu', cwd=tmp_path)
     run, = [os.path.join(tmp_path, 'runs', d) for d in os.listdir(tmp_path / 'runs') if d[0].isdigit()]
     assert 'gpus2-batch4' in run

@@ -11,16 +11,36 @@ from torch_utils import persistence
 # needs it (the SpectralLoss object embeds its own source).
 
 #----------------------------------------------------------------------------
-# Build the SpectralLoss for spectral_kwargs (None or kind 'none': no term).
+# Build the SpectralLoss for spectral_kwargs (None or kind 'none': no term). `owner` names the
+# objective in messages; only discrete objectives (allow_ddim) can roll DDIM out. Also the audio
+# trainer's builder.
 
-def _make_spectral(spectral_kwargs, loss_name, allow_ddim=False):
+def make_spectral_loss(spectral_kwargs, owner, allow_ddim=False):
     if spectral_kwargs is None or spectral_kwargs.get('kind', 'none') in (None, 'none'):
         return None
     from training.spectral_loss import SpectralLoss # Lazy, see above.
     spectral = SpectralLoss(**spectral_kwargs)
     if spectral.ddim_steps > 1 and not allow_ddim:
-        raise ValueError(f'ddim_steps={spectral.ddim_steps} applies to DDPMLoss only, not {loss_name}')
+        raise ValueError(f'ddim_steps={spectral.ddim_steps} applies to DDPMLoss only, not {owner}')
     return spectral
+
+#----------------------------------------------------------------------------
+# Deterministic DDIM (eta = 0) from discrete step `step` to the clean sample in K steps,
+# through the steps round(step * k / K), k = K-1..1. It runs in the unscaled variable
+# x = x_t / sqrt(abar), where sigma = sqrt(1 / abar - 1) and DDIM is an Euler step in sigma;
+# the last step lands on the clean estimate. denoise(x, step) is the clean estimate at a step
+# (shaped like `step`, which broadcasts against x); gradients flow through every call. Also
+# the audio trainer's roll-out (edm_spectral/audio/diffusion.py).
+
+def ddim_rollout(denoise, x, denoised, step, sigmas, K):
+    sigma_cur = sigmas[step]
+    for k in range(K - 1, 0, -1):
+        step_next = torch.round(step.to(torch.float64) * k / K).to(step.dtype)
+        sigma_next = sigmas[step_next]
+        x = x + (sigma_next - sigma_cur) * ((x - denoised) / sigma_cur)
+        denoised = denoise(x, step_next)
+        sigma_cur = sigma_next
+    return denoised
 
 #----------------------------------------------------------------------------
 # Shape of per-sample quantities (sigma, weight): [N, 1, 1, 1] for images,
@@ -36,7 +56,7 @@ def _per_sample(images):
 
 class _DenoisingLoss:
     def _setup_spectral(self, spectral_kwargs, allow_ddim=False):
-        self.spectral = _make_spectral(spectral_kwargs, type(self).__name__, allow_ddim)
+        self.spectral = make_spectral_loss(spectral_kwargs, type(self).__name__, allow_ddim)
         self.cur_kimg = 0.0
 
     # The objective at noise levels sigma (drawn first) with per-sample
@@ -157,18 +177,9 @@ class DDPMLoss(_DenoisingLoss):
         rollout = None if K == 1 else lambda noisy, denoised, augment_labels: self.ddim_rollout(net, noisy, denoised, step, sigmas, labels, augment_labels, K)
         return self._objective(net, images, labels, augment_pipe, sigma, 1 / sigma ** 2, rollout)
 
-    # Deterministic DDIM (eta = 0) from step i to the clean sample in K steps
-    # through the steps round(i*k/K), k = K-1..1. In the unscaled variable
-    # x = x_t / sqrt(abar) DDIM is an Euler step in sigma; the last step lands
-    # on D. Gradients flow through every network evaluation.
+    # The clean estimate after K DDIM steps from the noisy x (estimate D) at `step`.
     def ddim_rollout(self, net, x, D, step, sigmas, labels, augment_labels, K):
-        sigma_cur = sigmas[step]
-        for k in range(K - 1, 0, -1):
-            step_next = torch.round(step.to(torch.float64) * k / K).to(step.dtype)
-            sigma_next = sigmas[step_next]
-            x = x + (sigma_next - sigma_cur) * ((x - D) / sigma_cur)
-            D = net(x, sigma_next, labels, augment_labels=augment_labels)
-            sigma_cur = sigma_next
-        return D
+        denoise = lambda x, s: net(x, sigmas[s], labels, augment_labels=augment_labels)
+        return ddim_rollout(denoise, x, D, step, sigmas, K)
 
 #----------------------------------------------------------------------------

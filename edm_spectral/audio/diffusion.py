@@ -5,6 +5,8 @@ schedule, and LMNT's 6-step fast schedule with fractional diffusion steps)."""
 import numpy as np
 import torch
 
+from training.loss import ddim_rollout
+
 #----------------------------------------------------------------------------
 # alpha_bar_t = prod_{s<=t} (1 - beta_s) of a beta schedule, as float64 numpy.
 
@@ -14,7 +16,8 @@ def alpha_bars(betas):
 #----------------------------------------------------------------------------
 # Clean-audio estimate from x_t. One step: x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t),
 # the paper's DDIM formula. With rollout_steps = k > 1: k deterministic DDIM steps from t down
-# to the clean signal (levels round(t (k - j) / k), j = 0..k-1), gradients through every call.
+# to the clean signal (levels round(t (k - j) / k), j = 0..k-1), gradients through every call:
+# the images' DDPM roll-out (training.loss.ddim_rollout) on the unscaled x_t / sqrt(abar_t).
 
 def estimate_x0(model, x_t, t, mel, abar, eps_hat=None, rollout_steps=1):
     ab = abar[t][:, None]
@@ -22,13 +25,13 @@ def estimate_x0(model, x_t, t, mel, abar, eps_hat=None, rollout_steps=1):
         eps_hat = model(x_t, t, mel).squeeze(1)
     x0_hat = (x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()
     k = max(int(rollout_steps), 1)
-    for j in range(1, k):
-        t_next = torch.round(t.to(torch.float64) * (k - j) / k).long()
-        ab_next = abar[t_next][:, None]
-        x = ab_next.sqrt() * x0_hat + (1 - ab_next).sqrt() * eps_hat
-        eps_hat = model(x, t_next, mel).squeeze(1)
-        x0_hat = (x - (1 - ab_next).sqrt() * eps_hat) / ab_next.sqrt()
-    return x0_hat
+    if k == 1:
+        return x0_hat
+    sigmas = (1 / abar - 1).sqrt()
+    def denoise(x, step): # x = x_t / sqrt(abar) -> x - sigma * eps_hat(x_t)
+        eps = model(x * abar[step].sqrt(), step[:, 0], mel).squeeze(1).to(x.dtype)
+        return x - sigmas[step] * eps
+    return ddim_rollout(denoise, x_t / ab.sqrt(), x0_hat, t[:, None], sigmas, k)
 
 #----------------------------------------------------------------------------
 # The training loss for a batch: audio [N, T] in [-1, 1], mel [N, n_mels, T / hop]. Returns

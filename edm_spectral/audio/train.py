@@ -16,7 +16,6 @@ python -m edm_spectral.audio.train --data=out/espeak-corpus --residual-layers=8 
 import copy
 import json
 import os
-import re
 import time
 
 import click
@@ -25,42 +24,25 @@ import torch
 import dnnlib
 from torch_utils import distributed as dist
 from torch_utils import training_stats
+from training import launch
+from training.loss import make_spectral_loss
+from training.sampling import parse_int_list
 from edm_spectral.cli import spectral_options, spectral_kwargs_from_options
+from edm_spectral.weight_movement import weight_movement
 from edm_spectral.audio import model as model_lib
 from edm_spectral.audio import diffusion
 from edm_spectral.audio import data as data_lib
 
 #----------------------------------------------------------------------------
-# The spectral term for audio: SpectralLoss over [N, 1, T] waveforms with a constant lambda
-# (its 'weight', e.g. 1e-4); None without one.
+# The spectral term for audio: the images' builder (SpectralLoss over [N, 1, T] waveforms, DDIM
+# roll-outs allowed: the diffusion is discrete), with a constant lambda (its 'weight', e.g. 1e-4);
+# None without one.
 
 def build_spectral(spectral_kwargs):
-    if not spectral_kwargs or spectral_kwargs.get('kind', 'none') in (None, 'none'):
-        return None
-    kwargs = dict(spectral_kwargs)
-    if isinstance(kwargs.get('weight'), str):
-        try:
-            kwargs['weight'] = float(kwargs['weight'])
-        except ValueError:
-            raise ValueError(f'Audio uses a constant spectral weight: pass e.g. --spectral-weight=1e-4 (the paper uses 1e-4, 1e-5, 1e-6), got {kwargs["weight"]!r}') from None
-    from training.spectral_loss import SpectralLoss
-    return SpectralLoss(**kwargs)
-
-#----------------------------------------------------------------------------
-# Relative L2 distance between two state dicts (how far fine-tuning moved the weights).
-
-def weight_change(state_a, state_b):
-    num = sum(float((state_a[k].float() - state_b[k].float()).square().sum()) for k in state_a)
-    den = sum(float(state_b[k].float().square().sum()) for k in state_b)
-    return (num / max(den, 1e-30)) ** 0.5
-
-#----------------------------------------------------------------------------
-# Next run directory, EDM-style: <outdir>/NNNNN-<desc>.
-
-def next_run_dir(outdir, desc):
-    prev = [x for x in os.listdir(outdir) if os.path.isdir(os.path.join(outdir, x))] if os.path.isdir(outdir) else []
-    ids = [int(m.group()) for m in (re.match(r'^\d+', x) for x in prev) if m is not None]
-    return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
+    spectral = make_spectral_loss(spectral_kwargs, 'DiffWave', allow_ddim=True)
+    if spectral is not None and spectral.weight == 'weighted':
+        raise ValueError("Audio uses a constant spectral weight: pass e.g. --spectral-weight=1e-4 (the paper uses 1e-4, 1e-5, 1e-6), got 'weighted'")
+    return spectral
 
 #----------------------------------------------------------------------------
 # The training loop. Single process or torchrun (one process per device). `batch` is the total
@@ -178,16 +160,13 @@ def training_run(run_dir, data, params, steps, batch=16, lr=2e-4, spectral_kwarg
         if done % snap == 0 or done == steps:
             save(done)
     dist.barrier()
-    moved = weight_change(net.state_dict(), {k: v.to(device) for k, v in init_state.items()})
+    moved = weight_movement(init_state, net.state_dict()).relative_l2
     if rank == 0 and verbose:
         print(f'Done: {steps - start_step} steps; weights moved by {moved:.3g} (relative L2 vs. the start)')
     return os.path.join(run_dir, 'weights.pt'), moved
 
 #----------------------------------------------------------------------------
 # Command line.
-
-def parse_int_list(s):
-    return [int(x) for x in s.split(',') if x.strip()]
 
 @click.command(help=__doc__)
 @click.option('--data',             help='LJSpeech-layout corpus (metadata.csv + wavs/)', metavar='DIR', type=str, required=True)
@@ -204,11 +183,11 @@ def parse_int_list(s):
 @click.option('--upsample',         help='Mel upsampling factors, product = hop (new models)', metavar='LIST', type=parse_int_list, default='16,16', show_default=True)
 @click.option('--upsampler-init',   help='Mel upsampler initialisation (new models): lmnt = LMNT/PyTorch default, interp = linear interpolation', type=click.Choice(['lmnt', 'interp']), default='lmnt', show_default=True)
 @click.option('--crop-frames',      help='Mel frames per training crop', metavar='INT', type=click.IntRange(min=1), default=62, show_default=True)
-@click.option('--fp16',             help='Mixed precision (CUDA only)', is_flag=True)
+@click.option('--fp16',             help='Mixed precision (CUDA only)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--seed',             help='Random seed', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--workers',          help='Data loader worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
-@click.option('--snap',             help='Checkpoint interval in steps', metavar='INT', type=click.IntRange(min=1), default=5000, show_default=True)
-@click.option('--tick',             help='Log interval in steps', metavar='INT', type=click.IntRange(min=1), default=100, show_default=True)
+@click.option('--snap-steps', 'snap', help='Checkpoint every this many steps (the image trainers\' --snap counts ticks)', metavar='STEPS', type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option('--tick-steps', 'tick', help='Log line every this many steps (the image trainers\' --tick counts kimg)', metavar='STEPS', type=click.IntRange(min=1), default=100, show_default=True)
 @click.option('--cache-dir',        help='Mel cache directory [default: <outdir>/mel-cache]', metavar='DIR', type=str)
 @click.option('--desc',             help='String to include in the run directory name', metavar='STR', type=str)
 @click.option('--device',           help='Device [default: cuda if available, else cpu]', metavar='STR', type=str)
@@ -251,7 +230,7 @@ def main(**opts):
 
     run_dir = None
     if dist.get_rank() == 0:
-        run_dir = next_run_dir(opts.outdir, desc)
+        run_dir = launch.next_run_dir(opts.outdir, desc)
         os.makedirs(run_dir)
         with open(os.path.join(run_dir, 'training_options.json'), 'wt') as f:
             json.dump(config, f, indent=2)
