@@ -148,10 +148,11 @@ def eval_done(run_dir, settings):
     result = _read_json(os.path.join(run_dir, 'sweep-eval.json'))
     return result is not None and result.get('settings') == settings
 
-# The training state an interrupted fine-tune resumes from (the newest), or None.
+# The training state an interrupted fine-tune resumes from (the last written: names need not
+# sort by progress), or None.
 def latest_training_state(run_dir):
-    states = sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt')))
-    return states[-1] if states else None
+    states = glob.glob(os.path.join(run_dir, 'training-state-*.pt'))
+    return max(states, key=os.path.getmtime) if states else None
 
 #----------------------------------------------------------------------------
 # `prepare`: reference statistics (unless given) and the radially averaged spectrum of --data.
@@ -221,6 +222,8 @@ def summarize(rows, outdir):
 def _fmt(value, spec='.3f', signed=False):
     if value is None:
         return '-'
+    if signed and abs(value) < 0.5 * 10 ** -int(spec.strip('.f')):
+        value = 0.0 # no '-0.000'
     return format(value, ('+' if signed else '') + spec)
 
 def format_results_md(summary, settings, standin):
@@ -259,12 +262,13 @@ def format_results_md(summary, settings, standin):
             '| Checkpoint | control | best | Delta | regularizer |', '|---|---|---|---|---|'] + best_lines
     return '\n'.join(lines) + '\n'
 
-def write_results(rows, outdir, settings):
+# `shown`: the settings as the user gave them (paths as typed), for the table's header.
+def write_results(rows, outdir, settings, shown=None):
     summary = summarize(rows, outdir)
     standin = any(e['detector'] == detectors.STANDIN_NAME for e in summary)
     _write_json(os.path.join(outdir, 'results.json'), dict(settings=settings, standin_detector=standin, rows=summary))
     with open(os.path.join(outdir, 'results.md'), 'w') as f:
-        f.write(format_results_md(summary, settings, standin))
+        f.write(format_results_md(summary, dict(settings, **(shown or {})), standin))
     return summary
 
 #----------------------------------------------------------------------------
@@ -446,7 +450,8 @@ def run(networks, data, outdir, ref, nproc, only, seeds, repeats, steps, batch, 
                 batch=batch, device=device_obj, trust_code=trust_code)
         else:
             _run_command(eval_cmd, f'{label(row)}: eval')
-    summary = write_results(rows, outdir, settings)
+    summary = write_results(rows, outdir, settings, shown=dict(detector=detector or detectors.DETECTOR_NAME,
+        ref=ref if ref is not None else f'{os.path.basename(ref_path)} (from --data)'))
     print(f'Wrote {os.path.join(outdir, "results.md")} and results.json ({sum(e["done"] for e in summary)} of {len(summary)} rows)')
 
 def _run_command(cmd, what, log=None):

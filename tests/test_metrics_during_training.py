@@ -52,7 +52,8 @@ def test_train_metrics_jsonl(setup):
     assert [(l['metric'], l['cur_nimg']) for l in lines] == [('fid10k', 4), ('spectrum', 4), ('fid10k', 8), ('spectrum', 8)]
     for l in lines:
         assert set(l) >= {'results', 'metric', 'total_time', 'snapshot_pkl', 'timestamp'}
-        assert l['snapshot_pkl'] == 'network-snapshot-000000.pkl' and l['num_gpus'] == 1 and l['num_steps'] == 18
+        assert os.path.isfile(os.path.join(run_dir, l['snapshot_pkl'])) and l['num_gpus'] == 1 and l['num_steps'] == 18
+    assert lines[0]['snapshot_pkl'] == lines[1]['snapshot_pkl'] and lines[2]['snapshot_pkl'] == lines[3]['snapshot_pkl']
     assert lines[0]['detector'] == detectors.STANDIN_NAME and 'NOT an FID' in r.output
     assert list(lines[2]['results']) == ['fid10k'] and list(lines[3]['results']) == ['spectrum_distance', 'spectrum_distance_high']
     assert lines[0]['results'] != lines[2]['results']   # the two snapshots differ
@@ -61,7 +62,7 @@ def test_train_metrics_jsonl(setup):
 
     # The last lines are fid.py's and the spectrum module's numbers for the final snapshot,
     # against reference statistics of the dataset.
-    snapshot = os.path.join(run_dir, 'network-snapshot-000000.pkl')
+    snapshot = os.path.join(run_dir, lines[2]['snapshot_pkl'])
     ref = str(setup['root'] / 'ref.npz')
     _invoke(fid.main, ['ref', f'--data={setup["data"]}', f'--dest={ref}', f'--detector={setup["detector"]}', '--workers=0', '--device=cpu'])
     r = _invoke(fid.main, ['calc', f'--network={snapshot}', f'--ref={ref}', '--seeds=0-7', f'--detector={setup["detector"]}',
@@ -79,7 +80,7 @@ def test_train_metrics_jsonl(setup):
     assert not os.path.exists(os.path.join(plain, 'metrics.jsonl'))
     with open(os.path.join(plain, 'training_options.json')) as f:
         assert 'snapshot_callback_kwargs' not in json.load(f)
-    a, b = (load_network(os.path.join(d, 'network-snapshot-000000.pkl')).state_dict() for d in (run_dir, plain))
+    a, b = (load_network(os.path.join(d, lines[2]['snapshot_pkl'])).state_dict() for d in (run_dir, plain))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 # fine_tune.py has the same options; the spectrum alone needs no detector.

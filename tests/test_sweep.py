@@ -77,7 +77,8 @@ def test_sweep_end_to_end(setup, swept):
     assert 'Wavelet (bior1.3) | unweighted' in table[1] and '`runs/tiny-8x8-uncond-vp/wavelet-bior1.3-unweighted`' in table[1]
     assert f'{reg["fid_mean"]:.3f} +- {reg["fid_std"]:.3f}' in table[1] and f'{reg["fid_diff"]:+.3f}' in table[1]
 
-    snapshot = os.path.join(outdir, reg['run_dir'], 'network-snapshot-000000.pkl')
+    with open(os.path.join(outdir, reg['run_dir'], 'sweep-eval.json')) as f:
+        snapshot = os.path.join(outdir, reg['run_dir'], json.load(f)['snapshot'])   # the last one, as weight-movement.json names it
     r = CliRunner().invoke(fid.main, ['calc', f'--network={snapshot}', f'--ref={os.path.join(outdir, "ref.npz")}', '--seeds=0-7',
         '--repeats=3', '--steps=2', '--batch=8', f'--detector={setup["detector"]}', '--workers=0', '--device=cpu'])
     assert r.exit_code == 0, r.output
@@ -94,6 +95,7 @@ def test_sweep_end_to_end(setup, swept):
 
 # Rerun: nothing is fine-tuned or evaluated again, the table is the same. A changed evaluation
 # setting re-evaluates, without fine-tuning again.
+@pytest.mark.filterwarnings('ignore:Matrix is singular')
 def test_sweep_rerun_recomputes_nothing(swept, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError('recomputed a finished row')
@@ -157,11 +159,13 @@ def test_sweep_dry_run(setup, tmp_path):
     # An interrupted fine-tune: the next run resumes it from its newest training state.
     run_dir = os.path.join(outdir, 'runs', 'tiny-8x8-uncond-vp', 'fourier-amp-weighted')
     os.makedirs(run_dir)
-    for kimg in [0, 2]:
-        open(os.path.join(run_dir, f'training-state-{kimg:06d}.pt'), 'w').close()
+    for age, kimg in [(20, 2), (10, 0)]:   # the last written, not the last by name
+        path = os.path.join(run_dir, f'training-state-{kimg:06d}.pt')
+        open(path, 'w').close()
+        os.utime(path, (1e9 - age, 1e9 - age))
     r = _run(args)
     resumed = [l for l in r.output.splitlines() if '--resume=' in l]
-    assert len(resumed) == 1 and 'fourier-amp-weighted' in resumed[0] and resumed[0].endswith('training-state-000002.pt --duration=0.5')
+    assert len(resumed) == 1 and 'fourier-amp-weighted' in resumed[0] and resumed[0].endswith('training-state-000000.pt --duration=0.5')
 
 def test_sweep_print_jobs(setup, tmp_path):
     r = _run([f'--network={setup["net"]}', f'--data={setup["data"]}', f'--outdir={tmp_path / "jobs"}', '--nproc=8', '--print-jobs',
