@@ -16,6 +16,7 @@ from torch_utils import distributed as dist
 from torch_utils import memory
 from torch_utils import misc
 from torch_utils import training_stats
+from training import fast_paths as speedups
 from training import multi_tensor
 from training import snapshots
 
@@ -181,13 +182,14 @@ def _restore_training_state(state, net, optimizer, ema, rank, world_size, device
 # One optimizer step's gradients: the micro-batches in turn, DDP's all-reduce on the last only.
 # The summed loss is weighted by loss_scaling / (images per process), as EDM does.
 
-def _accumulate_gradients(ddp, loss_fn, batches, rounds, device, augment_pipe, loss_weight):
+# The loss calls the denoiser: ddp itself, or its fast form (training/fast_paths.py).
+def _accumulate_gradients(ddp, denoiser, loss_fn, batches, rounds, device, augment_pipe, loss_weight):
     for index in range(rounds):
         with misc.ddp_sync(ddp, index == rounds - 1):
             images, labels = next(batches)
             # non_blocking: from pinned memory the copy need not wait for the device.
             images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1  # uint8 -> [-1, 1]
-            per_element = loss_fn(net=ddp, images=images, labels=labels.to(device, non_blocking=True), augment_pipe=augment_pipe)
+            per_element = loss_fn(net=denoiser, images=images, labels=labels.to(device, non_blocking=True), augment_pipe=augment_pipe)
             training_stats.report('Loss/loss', per_element)
             per_element.sum().mul(loss_weight).backward()
 
@@ -311,6 +313,7 @@ def training_loop(
     device              = None,     # Device, None = cuda if available, else cpu.
     cudnn_benchmark     = True,     # torch.backends.cudnn.benchmark.
     stop_on_signal      = True,     # Stop cleanly on SIGINT/SIGTERM, writing a final snapshot and state.
+    fast_paths          = None,     # Opt-in fast paths, which change the numerics (training/fast_paths.py); None = exact.
 ):
     global _stop_requested
     if export_net not in ('ema', 'raw'):
@@ -322,6 +325,7 @@ def training_loop(
 
     start_time = time.time()
     device = dist.init(device) # idempotent; resolves None/'cuda' to this process' device
+    fast = speedups.check_fast_paths(fast_paths, device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     _seed_and_configure(seed, rank, world_size, cudnn_benchmark)
     if rank == 0 and run_dir is not None:
@@ -353,21 +357,24 @@ def training_loop(
     net.train().requires_grad_(True).to(device)
     if rank == 0:
         _print_network_summary(net, batch_gpu, device)
+    speedups.prepare_network(net, fast)
 
     dist.print0('Setting up optimizer...')
     loss_fn = dnnlib.util.construct_class_by_name(**loss_kwargs)
-    optimizer = dnnlib.util.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
+    optimizer = dnnlib.util.construct_class_by_name(params=net.parameters(), **speedups.optimizer_kwargs(optimizer_kwargs, fast))
     clean_gradients = multi_tensor.GradientCleaner(net.parameters())
     augment_pipe = None if augment_kwargs is None else dnnlib.util.construct_class_by_name(**augment_kwargs)
     ddp = net
     if world_size > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    denoiser = speedups.denoiser(ddp, fast, device)
+    ema = speedups.exact_copy(net).eval().requires_grad_(False)
 
     if resume_pkl is not None:
         _load_snapshot_weights(resume_pkl, load_snapshot, [net, ema])
     if state is not None:
         _restore_training_state(state, net, optimizer, ema, rank, world_size, device)
+        speedups.settle_adam(optimizer, fast)
         del state, saved
 
     snapshot_callback = None if snapshot_callback_kwargs is None else dnnlib.util.construct_class_by_name(**snapshot_callback_kwargs)
@@ -389,7 +396,7 @@ def training_loop(
         while not done:
             optimizer.zero_grad(set_to_none=True)
             loss_fn.cur_kimg = progress['cur_nimg'] / 1000 # read by the spectral warm-up
-            _accumulate_gradients(ddp, loss_fn, batches, rounds, device, augment_pipe, loss_scaling / batch_per_process)
+            _accumulate_gradients(ddp, denoiser, loss_fn, batches, rounds, device, augment_pipe, loss_scaling / batch_per_process)
             _apply_gradients(optimizer, clean_gradients, optimizer_kwargs['lr'] * learning_rate_factor(progress['cur_nimg'], lr_rampup_kimg))
             _update_ema(ema, net, ema_beta(progress['cur_nimg'], batch_size, ema_halflife_kimg, ema_rampup_ratio))
             progress['cur_nimg'] += batch_size
@@ -425,7 +432,7 @@ def training_loop(
             # Snapshot and training state (EDM: a snapshot at tick 0 too, a state never there).
             kimg = cur_nimg // 1000
             if _due(tick.index, snapshot_ticks, done):
-                exported = net if export_net == 'raw' else ema
+                exported = speedups.exact_copy(net) if export_net == 'raw' else ema
                 written = _write_snapshot(run_dir, kimg, exported, loss_fn, augment_pipe, dataset_kwargs, rank, world_size, grid_seeds, device)
                 last_snapshot = written or last_snapshot
                 if snapshot_callback is not None:

@@ -1,0 +1,251 @@
+"""Bench of the training loop's own work (python -m edm_spectral.bench --loop), for one network
+and batch in one process, each comparison timed alternately so that load drifts hit both sides:
+
+- EDM's per-parameter loop (nan_to_num, Adam and the EMA lerp per tensor) against ours
+  (training/multi_tensor.py): ms per training step, and operator calls per step outside
+  forward and backward, counted with torch.profiler (calls made from Python, which do not
+  depend on the device);
+- the opt-in fast paths (training/fast_paths.py) against the exact path: ms per step;
+- sampling (training.sampling.generate_images, generate.py's sampler) under the fast forms of
+  the network against the exact one: images per second;
+- peak memory per step of each (CUDA max-allocated, or the process' peak RSS on the CPU)."""
+
+import statistics
+import time
+
+import torch
+
+from torch_utils import memory
+from training import fast_paths
+from training import multi_tensor
+from training import training_loop
+from training.loss import EDMLoss
+from training.networks import EDMPrecond
+
+#----------------------------------------------------------------------------
+# EDM's per-parameter work after backward: the learning rate, nan_to_num of each gradient,
+# Adam (constructed with foreach=False, the per-parameter implementation on every device),
+# and the EMA lerp of each parameter. The reference of the lean step's bits.
+
+def per_parameter_update(optimizer, net, ema, lr, beta):
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    for param in net.parameters():
+        if param.grad is not None:
+            torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
+    optimizer.step()
+    with torch.no_grad():
+        for averaged, current in zip(ema.parameters(), net.parameters()):
+            averaged.copy_(current.detach().lerp(averaged, beta))
+
+# Ours: the training loop's own helpers.
+def lean_update(optimizer, clean_gradients, net, ema, lr, beta):
+    training_loop._apply_gradients(optimizer, clean_gradients, lr)
+    training_loop._update_ema(ema, net, beta)
+
+#----------------------------------------------------------------------------
+# One EDMPrecond network with Adam and an EMA, trained on one fixed batch with the loop's step
+# (or EDM's per-parameter one). seed fixes the weights and the batch.
+
+class Trainer:
+    def __init__(self, net_kwargs, resolution, batch, device, fast=None, per_parameter=False, seed=0, lr=1e-3,
+            ema_beta=0.999, loss_kwargs={}, img_channels=3):
+        device = torch.device(device)
+        self.options = fast_paths.check_fast_paths(fast, device)
+        self.per_parameter, self.lr, self.ema_beta, self.batch = per_parameter, lr, ema_beta, batch
+        torch.manual_seed(seed)
+        self.net = EDMPrecond(img_resolution=resolution, img_channels=img_channels, **net_kwargs).to(device).train()
+        fast_paths.prepare_network(self.net, self.options)
+        adam = dict(lr=lr, betas=(0.9, 0.999), eps=1e-8, **(dict(foreach=False) if per_parameter else {}))
+        self.optimizer = torch.optim.Adam(self.net.parameters(), **fast_paths.optimizer_kwargs(adam, self.options))
+        self.clean_gradients = multi_tensor.GradientCleaner(self.net.parameters())
+        self.ema = fast_paths.exact_copy(self.net).eval().requires_grad_(False)
+        self.denoiser = fast_paths.denoiser(self.net, self.options, device)
+        self.loss_fn = EDMLoss(**loss_kwargs)
+        images = torch.rand([batch, img_channels, resolution, resolution], generator=torch.Generator().manual_seed(seed + 1)) * 2 - 1
+        self.images = images.to(device)
+
+    # Forward and backward; returns the per-element loss (on the device, not read).
+    def forward_backward(self):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(net=self.denoiser, images=self.images)
+        loss.sum().mul(1 / self.batch).backward()
+        return loss.detach()
+
+    def update(self):
+        if self.per_parameter:
+            per_parameter_update(self.optimizer, self.net, self.ema, self.lr, self.ema_beta)
+        else:
+            lean_update(self.optimizer, self.clean_gradients, self.net, self.ema, self.lr, self.ema_beta)
+
+    def step(self):
+        loss = self.forward_backward()
+        self.update()
+        return loss
+
+#----------------------------------------------------------------------------
+# Operator calls made by fn(), from the profiler: 'calls' counts the aten operators called from
+# Python (an operator inside another is part of it: a foreach call is one call on any device,
+# though on the CPU torch runs it as a loop of per-tensor operators, counted in 'nested').
+
+def count_operator_calls(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    calls = nested = 0
+    for event in prof.events():
+        if not event.name.startswith('aten::'):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith('aten::'):
+            parent = parent.cpu_parent
+        if parent is None:
+            calls += 1
+        else:
+            nested += 1
+    return dict(calls=calls, nested=nested)
+
+# Wall-clock seconds of fn(), the device synchronised on both ends.
+def _timed(fn, device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+# Peak memory of one call of fn() in GiB (see torch_utils/memory.py).
+def _peak_of(fn, device):
+    memory.reset_peak(device)
+    fn()
+    return memory.peak_gb(device)
+
+# Time the functions round-robin (the order rotating each repetition); per name the median ms,
+# and per name the median of its paired ratio to the first name (time of first / time of name:
+# above 1 means faster than the first).
+def _interleaved(fns, iters, warmup, device):
+    names = list(fns)
+    times = {name: [] for name in names}
+    for rep in range(warmup + iters):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            t = _timed(fns[name], device)
+            if rep >= warmup:
+                times[name].append(t)
+    base = times[names[0]]
+    return {name: dict(ms=statistics.median(ts) * 1e3, min_ms=min(ts) * 1e3,
+        speedup=statistics.median(b / t for b, t in zip(base, ts))) for name, ts in times.items()}
+
+#----------------------------------------------------------------------------
+# EDM's per-parameter loop against ours.
+
+def bench_lean(net_kwargs, resolution, batch, iters, warmup, device):
+    device = torch.device(device)
+    edm = Trainer(net_kwargs, resolution, batch, device, per_parameter=True)
+    ours = Trainer(net_kwargs, resolution, batch, device)
+    rows = _interleaved(dict(edm=edm.step, ours=ours.step), iters, warmup, device)
+    for name, trainer in [('edm', edm), ('ours', ours)]:
+        trainer.step() # state exists: the counts are those of a steady step
+        trainer.forward_backward()
+        rows[name].update(count_operator_calls(trainer.update))
+        rows[name]['peak_gb'] = _peak_of(trainer.step, device)
+    num_tensors = len(list(ours.net.parameters()))
+    return dict(resolution=resolution, batch=batch, iters=iters, num_tensors=num_tensors,
+        num_params=sum(p.numel() for p in ours.net.parameters()), rows=rows,
+        step_speedup=rows['ours']['speedup'], call_ratio=rows['edm']['calls'] / max(rows['ours']['calls'], 1))
+
+#----------------------------------------------------------------------------
+# The fast paths against the exact path, one at a time and all together. compile=None leaves
+# torch.compile out (its first steps compile, which takes minutes on a CPU).
+
+def fast_path_variants(device, compile_backend=None):
+    variants = dict(amp=dict(amp='bf16'), channels_last=dict(channels_last=True), fused_adam=dict(fused_adam=True),
+        fused_attention=dict(fused_attention=True))
+    if compile_backend is not None:
+        variants['compile'] = dict(compile=compile_backend)
+    variants['all'] = {key: value for options in variants.values() for key, value in options.items()}
+    usable = {}
+    for name, options in variants.items():
+        try:
+            fast_paths.check_fast_paths(options, device)
+        except (RuntimeError, ValueError) as err:
+            usable[name] = str(err)
+            continue
+        usable[name] = options
+    return usable
+
+def bench_fast_paths(net_kwargs, resolution, batch, iters, warmup, device, compile_backend=None):
+    device = torch.device(device)
+    variants = fast_path_variants(device, compile_backend)
+    trainers = dict(exact=Trainer(net_kwargs, resolution, batch, device))
+    skipped = {}
+    for name, options in variants.items():
+        if isinstance(options, str):
+            skipped[name] = options
+        else:
+            trainers[name] = Trainer(net_kwargs, resolution, batch, device, fast=options)
+    first_step = {}
+    for name, trainer in trainers.items(): # compilation happens here, outside the timing
+        first_step[name] = _timed(trainer.step, device)
+    rows = _interleaved({name: trainer.step for name, trainer in trainers.items()}, iters, warmup, device)
+    for name, trainer in trainers.items():
+        rows[name]['peak_gb'] = _peak_of(trainer.step, device)
+        rows[name]['first_step_s'] = first_step[name]
+        rows[name]['options'] = variants.get(name, {})
+    return dict(resolution=resolution, batch=batch, iters=iters, rows=rows, skipped=skipped)
+
+#----------------------------------------------------------------------------
+# Sampling: the default sampler (generate.py's) on the exact network and on its fast forms.
+
+def bench_sampling(net_kwargs, resolution, num_images, iters, warmup, device, num_steps=18):
+    from training.sampling import generate_images
+    device = torch.device(device)
+    torch.manual_seed(0)
+    exact = EDMPrecond(img_resolution=resolution, img_channels=3, **net_kwargs).to(device).eval().requires_grad_(False)
+    forms = dict(exact=exact)
+    for name, options in [('channels_last', dict(channels_last=True)), ('fused_attention', dict(fused_attention=True)),
+            ('amp', dict(amp='bf16')), ('all', dict(channels_last=True, fused_attention=True, amp='bf16'))]:
+        try:
+            options = fast_paths.check_fast_paths(options, device)
+        except (RuntimeError, ValueError):
+            continue
+        net = fast_paths.prepare_network(fast_paths.exact_copy(exact), options)
+        forms[name] = fast_paths.denoiser(net, options, device)
+    seeds = list(range(num_images))
+    run = lambda net: generate_images(net, seeds, device, max_batch_size=num_images, num_steps=num_steps)
+    outputs = {name: run(net) for name, net in forms.items()}
+    rows = _interleaved({name: (lambda net=net: run(net)) for name, net in forms.items()}, iters, warmup, device)
+    for name, row in rows.items():
+        row['images_per_s'] = num_images / (row['ms'] / 1e3)
+        row['max_abs_diff_uint8'] = int((outputs[name].to(torch.int16) - outputs['exact'].to(torch.int16)).abs().max())
+        row['peak_gb'] = _peak_of(lambda net=forms[name]: run(net), device)
+    return dict(resolution=resolution, num_images=num_images, num_steps=num_steps, iters=iters, rows=rows)
+
+#----------------------------------------------------------------------------
+# Text of the results, one table per part.
+
+def format_results(lean=None, fast=None, sampling=None):
+    lines = []
+    if lean is not None:
+        lines.append(f'Training step, EDM per-parameter loop vs ours ({lean["num_tensors"]} tensors, {lean["num_params"] / 1e6:.2f}M parameters, '
+            f'{lean["resolution"]}x{lean["resolution"]}, batch {lean["batch"]}, median of {lean["iters"]}):')
+        lines.append(f'  {"loop":<10s} {"step ms":>9s} {"calls":>7s} {"nested":>7s} {"peak GiB":>9s}')
+        for name, row in lean['rows'].items():
+            lines.append(f'  {name:<10s} {row["ms"]:9.2f} {row["calls"]:7d} {row["nested"]:7d} {row["peak_gb"]:9.3f}')
+        lines.append(f'  ours: {lean["step_speedup"]:.3f}x the step speed, {lean["call_ratio"]:.1f}x fewer operator calls outside forward and backward')
+    if fast is not None:
+        lines.append(f'Fast paths vs the exact path ({fast["resolution"]}x{fast["resolution"]}, batch {fast["batch"]}, median of {fast["iters"]}; '
+            'speed-up = exact time / fast time, paired):')
+        lines.append(f'  {"path":<16s} {"step ms":>9s} {"speed-up":>9s} {"first s":>8s} {"peak GiB":>9s}')
+        for name, row in fast['rows'].items():
+            lines.append(f'  {name:<16s} {row["ms"]:9.2f} {row["speedup"]:8.3f}x {row["first_step_s"]:8.2f} {row["peak_gb"]:9.3f}')
+        for name, why in fast['skipped'].items():
+            lines.append(f'  {name:<16s} skipped: {why}')
+    if sampling is not None:
+        lines.append(f'Sampling, default sampler ({sampling["num_steps"]} steps), {sampling["num_images"]} images per batch, median of {sampling["iters"]}:')
+        lines.append(f'  {"network":<16s} {"images/s":>9s} {"speed-up":>9s} {"max |diff| (uint8)":>19s} {"peak GiB":>9s}')
+        for name, row in sampling['rows'].items():
+            lines.append(f'  {name:<16s} {row["images_per_s"]:9.2f} {row["speedup"]:8.3f}x {row["max_abs_diff_uint8"]:19d} {row["peak_gb"]:9.3f}')
+    return '\n'.join(lines)
+
+#----------------------------------------------------------------------------

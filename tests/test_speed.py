@@ -1,0 +1,211 @@
+"""Tests of the lean training step (training/multi_tensor.py), the opt-in fast paths
+(training/fast_paths.py), the loop bench (edm_spectral/bench_loop.py) and the CPU side of the
+GPU check (edm_spectral/gpucheck.py), all at toy size."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+from conftest import loop_kwargs, read_stats
+from edm_spectral import bench_loop
+from torch_utils import training_stats
+from training import fast_paths
+from training import multi_tensor
+from training import networks
+from training import training_loop
+
+TOY = dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
+    channel_mult_noise=1, resample_filter=[1,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4], dropout=0.1)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+def _states_equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+#----------------------------------------------------------------------------
+# The lean step gives EDM's bits: N steps of the per-parameter loop and of ours, from the same
+# weights and draws, end in identical weights, EMA and Adam state, non-finite gradients included.
+
+def test_lean_step_matches_per_parameter_loop():
+    trainers = [bench_loop.Trainer(TOY, 8, 4, 'cpu', per_parameter=per_parameter, lr=1e-2, ema_beta=0.9) for per_parameter in (True, False)]
+    for step in range(5):
+        for trainer in trainers:
+            torch.manual_seed(100 + step) # the same sigma, noise and dropout on both sides
+            trainer.forward_backward()
+            grads = [p.grad for p in trainer.net.parameters()]
+            grads[3].view(-1)[0] = float('nan')
+            grads[5].view(-1)[1] = float('inf')
+            grads[7].view(-1)[2] = -float('inf')
+            grads[9].view(-1)[0] = 3e38 # finite: kept as it is
+            trainer.update()
+    edm, ours = trainers
+    assert _states_equal(edm.net, ours.net)
+    assert _states_equal(edm.ema, ours.ema)
+    sa, sb = edm.optimizer.state_dict()['state'], ours.optimizer.state_dict()['state']
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    assert float(sa[0]['step']) == 5
+    assert not _states_equal(edm.net, bench_loop.Trainer(TOY, 8, 4, 'cpu').net) # it did train
+
+# Settings the multi-tensor Adam does not cover go to torch's own step.
+def test_adam_step_falls_back_to_torch():
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1, amsgrad=True)
+    reference = copy.deepcopy(net)
+    reference_optimizer = torch.optim.Adam(reference.parameters(), lr=0.1, amsgrad=True)
+    for model, opt, step in [(net, optimizer, multi_tensor.adam_step), (reference, reference_optimizer, lambda o: o.step())]:
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.ones(1, 3)).sum().backward()
+            step(opt)
+    assert _states_equal(net, reference)
+    assert not multi_tensor._is_plain_adam(optimizer)
+    assert multi_tensor._is_plain_adam(torch.optim.Adam(net.parameters()))
+    assert not multi_tensor._is_plain_adam(torch.optim.Adam(net.parameters(), foreach=False))
+
+# No operation of the step reads a value from the device: on the meta device (tensors without
+# data) any such read fails. The counts of the loss statistics are filled on the device too.
+def test_step_reads_nothing_from_the_device():
+    with torch.device('meta'):
+        net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    ema = copy.deepcopy(net).requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    clean = multi_tensor.GradientCleaner(net.parameters())
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        loss = net(torch.ones(2, 4, device='meta'))
+        training_stats.report('Loss/meta-test', loss)
+        loss.sum().backward()
+        clean()
+        multi_tensor.adam_step(optimizer)
+        multi_tensor.update_ema(ema.parameters(), net.parameters(), 0.5)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        loss.sum().item() # the probe works: reading meta data fails
+    training_stats._unsynced.pop('Loss/meta-test', None)
+
+# The profiler's counts: >= 10x fewer operator calls outside forward and backward.
+def test_operator_calls_per_step():
+    edm = bench_loop.Trainer(TOY, 8, 2, 'cpu', per_parameter=True)
+    ours = bench_loop.Trainer(TOY, 8, 2, 'cpu')
+    counts = {}
+    for name, trainer in [('edm', edm), ('ours', ours)]:
+        trainer.step()
+        trainer.forward_backward()
+        counts[name] = bench_loop.count_operator_calls(trainer.update)
+    num_tensors = len(list(ours.net.parameters()))
+    assert counts['edm']['calls'] >= 10 * num_tensors # nan_to_num, 9 in Adam, lerp + copy per tensor
+    assert counts['ours']['calls'] <= 30
+    assert counts['edm']['calls'] >= 10 * counts['ours']['calls']
+
+#----------------------------------------------------------------------------
+# Each fast path trains (the loss on a fixed draw falls) and stays close to the exact path.
+
+# Without dropout: its masks are drawn in memory order, so a layout change drops other elements.
+def _train(fast, steps=6, loss_kwargs={}):
+    trainer = bench_loop.Trainer(dict(TOY, dropout=0), 8, 4, 'cpu', fast=fast, lr=3e-3, loss_kwargs=loss_kwargs)
+    losses = []
+    for _ in range(steps):
+        torch.manual_seed(7) # the same sigma and noise every step: the objective is fixed
+        losses.append(float(trainer.step().mean()))
+    return trainer, losses
+
+@pytest.mark.parametrize('name,options,tolerance,weight_tolerance', [
+    ('amp', dict(amp='bf16'), 5e-2, 0.5),
+    ('channels_last', dict(channels_last=True), 1e-3, 0.05),
+    ('fused_adam', dict(fused_adam=True), 1e-3, 0.05),
+    ('fused_attention', dict(fused_attention=True), 1e-3, 0.05),
+    ('compile', dict(compile='eager'), 1e-6, 1e-6), # eager: the same kernels, traced
+])
+def test_fast_path_trains_close_to_exact(name, options, tolerance, weight_tolerance):
+    exact, exact_losses = _train(None)
+    fast, fast_losses = _train(options)
+    assert fast_losses[-1] < fast_losses[0] * 0.9, fast_losses
+    assert abs(fast_losses[-1] - exact_losses[-1]) <= tolerance * exact_losses[-1], (fast_losses, exact_losses)
+    # The weights: apart by a fraction of what training moved them (L2 over all tensors).
+    start = bench_loop.Trainer(dict(TOY, dropout=0), 8, 4, 'cpu').net
+    flat = lambda net: torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    apart = float((flat(fast.net) - flat(exact.net)).norm() / (flat(exact.net) - flat(start)).norm())
+    assert apart < weight_tolerance, apart
+    assert all(p.is_contiguous() for p in fast.ema.parameters())
+    assert not any(vars(m).get('fused_attention') for m in fast.ema.modules()) # the EMA stays exact
+
+# bf16 autocast covers the denoiser only: the spectral term sees float32 outside autocast.
+def test_amp_keeps_the_spectral_term_in_float32(monkeypatch):
+    from training.spectral_loss import SpectralLoss
+    seen = []
+    original = SpectralLoss.__call__
+    def spy(self, x0_hat, x0):
+        seen.append((x0_hat.dtype, x0.dtype, torch.is_autocast_enabled('cpu')))
+        return original(self, x0_hat, x0)
+    monkeypatch.setattr(SpectralLoss, '__call__', spy)
+    trainer, losses = _train(dict(amp='bf16'), steps=3, loss_kwargs=dict(spectral_kwargs=dict(kind='fourier-amp', weight=1.0)))
+    assert seen and all(s == (torch.float32, torch.float32, False) for s in seen)
+    assert losses[-1] < losses[0]
+
+def test_check_fast_paths():
+    assert fast_paths.check_fast_paths(None, 'cpu') == fast_paths.DEFAULTS
+    assert fast_paths.check_fast_paths(dict(compile=True), 'cpu')['compile'] == 'inductor' # g++ is on this machine
+    with pytest.raises(ValueError, match='unknown option'):
+        fast_paths.check_fast_paths(dict(turbo=True), 'cpu')
+    with pytest.raises(ValueError, match='amp'):
+        fast_paths.check_fast_paths(dict(amp='fp8'), 'cpu')
+    with pytest.raises(ValueError, match='compile'):
+        fast_paths.check_fast_paths(dict(compile='cudagraphs-please'), 'cpu')
+
+# Without a C++ compiler, inductor is refused up front with a message that says what to do.
+def test_compile_without_compiler(monkeypatch):
+    monkeypatch.setattr(fast_paths.shutil, 'which', lambda name: None)
+    monkeypatch.delenv('CXX', raising=False)
+    with pytest.raises(RuntimeError, match='needs a C\\+\\+ compiler.*without --compile'):
+        fast_paths.check_fast_paths(dict(compile='inductor'), 'cpu')
+    fast_paths.check_fast_paths(dict(compile='eager'), 'cpu') # needs no compiler
+
+def test_fused_attention_switch():
+    torch.manual_seed(0)
+    net = networks.EDMPrecond(img_resolution=8, img_channels=3, **TOY).eval()
+    x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([5.0, 20.0])
+    exact = net(x, sigma)
+    networks.set_fused_attention(net)
+    assert sum(vars(m).get('fused_attention', False) for m in net.modules()) > 0
+    fused = net(x, sigma)
+    assert torch.allclose(fused, exact, atol=1e-5)
+    networks.set_fused_attention(net, False)
+    assert torch.equal(net(x, sigma), exact)
+    assert 'fused_attention' not in networks.UNetBlock.__init__.__code__.co_varnames # not a constructor argument
+
+#----------------------------------------------------------------------------
+# The fast paths through the training loop: they train, and snapshots stay in the exact form.
+
+def test_training_loop_with_fast_paths(tmp_path, tiny_dataset):
+    data = tiny_dataset()
+    run_dir = str(tmp_path / 'run')
+    options = dict(amp='bf16', channels_last=True, fused_adam=True, fused_attention=True)
+    result = training_loop.training_loop(**loop_kwargs(run_dir, data, fast_paths=options, export_net='raw', state_dump_ticks=None))
+    assert result.cur_nimg == 8
+    stats = read_stats(run_dir)
+    assert all(s['Loss/loss']['num'] > 0 for s in stats) and 'Resources/peak_step_mem_gb' in stats[-1]
+    with open(result.last_snapshot, 'rb') as f:
+        net = pickle.load(f)['ema']
+    assert all(p.is_contiguous() for p in net.parameters())
+    assert not any(vars(m).get('fused_attention') for m in net.modules())
+    with pytest.raises(ValueError, match='unknown option'):
+        training_loop.training_loop(**loop_kwargs(str(tmp_path / 'bad'), data, fast_paths=dict(warp=1)))
+
+#----------------------------------------------------------------------------
+# The bench at toy size: every part runs and reports the ratios.
+
+def test_bench_loop_toy():
+    lean = bench_loop.bench_lean(TOY, 8, 2, iters=1, warmup=0, device='cpu')
+    assert lean['call_ratio'] >= 10 and lean['rows']['ours']['calls'] < lean['rows']['edm']['calls']
+    fast = bench_loop.bench_fast_paths(TOY, 8, 2, iters=1, warmup=0, device='cpu')
+    assert set(fast['rows']) == {'exact', 'amp', 'channels_last', 'fused_adam', 'fused_attention', 'all'}
+    sampling = bench_loop.bench_sampling(TOY, 8, 2, iters=1, warmup=0, device='cpu', num_steps=2)
+    assert sampling['rows']['exact']['max_abs_diff_uint8'] == 0 and sampling['rows']['exact']['images_per_s'] > 0
+    text = bench_loop.format_results(lean, fast, sampling)
+    assert 'fewer operator calls' in text and 'speed-up' in text and 'images/s' in text
