@@ -10,6 +10,9 @@ import time
 import click
 import torch
 
+from training import launch
+from training.sampling import parse_int_list
+
 #----------------------------------------------------------------------------
 # The regularizers compared against the plain EDM loss.
 
@@ -26,13 +29,9 @@ VARIANTS = {
 # cres 1,2,2,2 at 64), or a reduced DDPM++ that runs in minutes on a CPU.
 
 def network_kwargs(resolution, full):
-    kwargs = dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
-        channel_mult_noise=1, resample_filter=[1,1], attn_resolutions=[16], dropout=0.13)
-    if full:
-        kwargs.update(model_channels=128, channel_mult=[2,2,2] if resolution <= 32 else [1,2,2,2], num_blocks=4)
-    else:
-        kwargs.update(model_channels=32, channel_mult=[1,2,2], num_blocks=1)
-    return kwargs
+    if not full:
+        return launch.small_ddpmpp(attn_resolutions=[16], dropout=0.13)
+    return dict(launch.ARCHS['ddpmpp'], channel_mult=[2,2,2] if resolution <= 32 else [1,2,2,2], num_blocks=4, attn_resolutions=[16], dropout=0.13)
 
 #----------------------------------------------------------------------------
 # Wall-clock seconds of fn(), with the device synchronised on both ends.
@@ -106,25 +105,23 @@ def bench_resolution(resolution, batch, iters, warmup, full, device, seed=0):
 #----------------------------------------------------------------------------
 # Command line.
 
-def _parse_int_list(ctx, param, value):
-    try:
-        values = [int(v) for v in str(value).split(',') if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f'expected comma-separated integers, got {value!r}')
+def _check_resolutions(ctx, param, values):
     if not values or any(v < 8 or v % 8 != 0 for v in values):
-        raise click.BadParameter(f'resolutions must be multiples of 8, got {value!r}')
+        raise click.BadParameter(f'resolutions must be multiples of 8, got {",".join(map(str, values))!r}')
     return values
 
 @click.command()
 @click.option('--device',       help='Device  [default: cuda if available, else cpu]', metavar='STR', type=str, default=None)
-@click.option('--resolutions',  help='Image resolutions to test', metavar='LIST', callback=_parse_int_list, default='32,64', show_default=True)
+@click.option('--resolutions',  help='Image resolutions to test', metavar='LIST', type=parse_int_list, callback=_check_resolutions, default='32,64', show_default=True)
 @click.option('--batch',        help='Images per training step', metavar='INT', type=click.IntRange(min=1), default=16, show_default=True)
 @click.option('--iters',        help='Timed repetitions per variant', metavar='INT', type=click.IntRange(min=1), default=10, show_default=True)
 @click.option('--warmup',       help='Untimed repetitions first', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
 @click.option('--full',         help='Use the released DDPM++ configuration, not the reduced one', is_flag=True)
 @click.option('--threads',      help='CPU threads for torch  [default: torch\'s choice]', metavar='INT', type=click.IntRange(min=1), default=None)
-@click.option('--out',          help='Where to write the JSON results', metavar='JSON', type=str, default='bench-spectral.json', show_default=True)
-def main(device, resolutions, batch, iters, warmup, full, threads, out):
+@click.option('--out',          help='Where to write the JSON results  [default: bench-spectral.json, with --loop bench-loop.json]', metavar='JSON', type=str, default=None)
+@click.option('--loop',         help='Bench the training loop instead: EDM per-parameter loop vs ours, fast paths, sampling (edm_spectral/bench_loop.py)', is_flag=True)
+@click.option('--compile',      help='With --loop: also time torch.compile with this backend', type=click.Choice(['none', 'eager', 'inductor']), default='none', show_default=True)
+def main(device, resolutions, batch, iters, warmup, full, threads, out, loop, compile):
     """Time a training step (EDMPrecond + DDPM++, EDMLoss, forward, backward,
     Adam) with each spectral regularizer against none, in one process with
     interleaved repetitions, and the spectral term alone (forward + backward).
@@ -133,6 +130,7 @@ def main(device, resolutions, batch, iters, warmup, full, threads, out):
     Examples:
     python -m edm_spectral.bench                          # reduced net, CPU-friendly
     python -m edm_spectral.bench --device=cuda --full --iters=50
+    python -m edm_spectral.bench --loop --resolutions=32    # lean loop and fast paths
     """
     if device is None:
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -148,6 +146,11 @@ def main(device, resolutions, batch, iters, warmup, full, threads, out):
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    if loop:
+        from edm_spectral import bench_loop # Lazy: the spectral bench does not need it.
+        bench_loop.run(device, resolutions, batch, iters, warmup, full, None if compile == 'none' else compile, 'bench-loop.json' if out is None else out)
+        return
+    out = 'bench-spectral.json' if out is None else out
 
     results = dict(device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
         torch=torch.__version__, ptwt=importlib.metadata.version('ptwt'), threads=torch.get_num_threads(), full=full, warmup=warmup, results=[])
