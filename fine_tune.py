@@ -11,6 +11,7 @@ from training import launch
 from edm_spectral.weight_movement import weight_movement
 from edm_spectral.cli import load_snapshot_option, spectral_kwargs_from_options, resume_option, training_options, training_readers
 from edm_spectral.metrics import snapshot_callback_kwargs
+from edm_spectral.cli import fast_paths_from_options
 
 #----------------------------------------------------------------------------
 # Per-dataset settings of the paper (batch per GPU, lr, dropout, augment, duration).
@@ -242,6 +243,9 @@ def main(**kwargs):
     c.ema_halflife_kimg = launch.ema_to_kimg(opts.ema)
     c.update(batch_size=batch, batch_gpu=opts.batch_gpu)
     c.update(loss_scaling=opts.ls, cudnn_benchmark=opts.bench)
+    fast = fast_paths_from_options(opts, device) # only when asked: the options of the exact path stay EDM's
+    if fast is not None:
+        c.fast_paths = fast
     c.update(kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
     c.seed = opts.seed
     c.resume_pkl = opts.network

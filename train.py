@@ -10,6 +10,7 @@ from training.launch import ARCHS, PRECONDS
 from training.sampling import parse_int_list # --cres: '1,2,2'
 from edm_spectral.cli import load_snapshot_option, spectral_kwargs_from_options, resume_option, training_options, training_readers
 from edm_spectral.metrics import snapshot_callback_kwargs
+from edm_spectral.cli import fast_paths_from_options
 
 #----------------------------------------------------------------------------
 # Read the --transfer snapshot once up front, so that a missing, corrupt or refused pickle, or
@@ -138,6 +139,9 @@ def main(**kwargs):
     c.update(total_kimg=launch.duration_to_kimg(opts.duration), ema_halflife_kimg=launch.ema_to_kimg(opts.ema),
         batch_size=opts.batch, batch_gpu=opts.batch_gpu, loss_scaling=opts.ls, cudnn_benchmark=opts.bench,
         kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
+    fast = fast_paths_from_options(opts, device) # only when asked: the options of the exact path stay EDM's
+    if fast is not None:
+        c.fast_paths = fast
     check_batch_split(opts.batch, opts.batch_gpu, dist.get_world_size())
     c.seed = opts.seed if opts.seed is not None else launch.random_seed(device)
     c.update(starting_point_options(opts, dataset_kwargs.resolution))

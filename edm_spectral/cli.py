@@ -186,6 +186,12 @@ _training_options = [ # (option names, click.option arguments); order = order in
     (['--fp16'],          dict(help='Run the network in float16 on CUDA', metavar='BOOL', type=bool, default=False)),
     (['--ls'],            dict(help='Static loss scale (use with --fp16)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1)),
     (['--bench'],         dict(help='Let cuDNN pick the fastest kernels', metavar='BOOL', type=bool, default=True)),
+    # Opt-in fast paths (training/fast_paths.py); each changes the numerics.
+    (['--amp'],           dict(help='Fast path, other numerics: autocast the denoiser (loss and spectral term stay float32)', type=click.Choice(['none', 'bf16']), default='none')),
+    (['--channels-last'], dict(help='Fast path, other numerics: channels-last weights and activations', is_flag=True)),
+    (['--compile'],       dict(help='Fast path, other numerics: torch.compile the denoiser (inductor: a C++ compiler on the CPU, Triton on CUDA)', is_flag=True)),
+    (['--fused-adam'],    dict(help="Fast path, other numerics: torch's fused Adam kernel", is_flag=True)),
+    (['--fused-attention'], dict(help='Fast path, other numerics: attention through scaled_dot_product_attention', is_flag=True)),
     (['--cache'],         dict(help='Keep decoded images in RAM', metavar='BOOL', type=bool, default=True)),
     (['--workers'],       dict(help='Data loading processes per GPU', metavar='INT', type=click.IntRange(min=1), default=1)),
     (['--device'],        dict(help='Device  [default: cuda if available, else cpu]', metavar='cuda|cpu|cuda:N', type=str)),
@@ -200,6 +206,21 @@ _training_options = [ # (option names, click.option arguments); order = order in
     (['--trust-code'],    dict(help='Let the pickles read run their embedded code (unsafe)', is_flag=True)),
     (['-n', '--dry-run'], dict(help='Print the options and exit without training', is_flag=True)),
 ]
+
+# The training loop's fast_paths from --amp, --channels-last, --compile, --fused-adam and
+# --fused-attention, checked for the device; None when none is on (the exact path).
+def fast_paths_from_options(opts, device):
+    from training import fast_paths
+    chosen = dict(amp=None if opts.amp == 'none' else opts.amp, channels_last=opts.channels_last, compile='inductor' if opts.compile else None,
+        fused_adam=opts.fused_adam, fused_attention=opts.fused_attention)
+    chosen = {key: value for key, value in chosen.items() if value != fast_paths.DEFAULTS[key]}
+    if not chosen:
+        return None
+    try:
+        fast_paths.check_fast_paths(chosen, device)
+    except (ValueError, RuntimeError) as err:
+        raise click.ClickException(str(err))
+    return chosen
 
 def _param_name(names):
     return max(names, key=len).lstrip('-').replace('-', '_')
