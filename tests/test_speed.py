@@ -209,3 +209,20 @@ def test_bench_loop_toy():
     assert sampling['rows']['exact']['max_abs_diff_uint8'] == 0 and sampling['rows']['exact']['images_per_s'] > 0
     text = bench_loop.format_results(lean, fast, sampling)
     assert 'fewer operator calls' in text and 'speed-up' in text and 'images/s' in text
+
+#----------------------------------------------------------------------------
+# The CLI flags: train.py and fine_tune.py record fast_paths only when one is on, and a fast
+# path the machine lacks is a one-line error before training.
+
+def test_cli_fast_path_flags(tmp_path, tiny_dataset, cli, monkeypatch):
+    import json
+    import train
+    data = tiny_dataset()
+    common = ['--outdir', tmp_path / 'runs', '--data', data, '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=4', '--duration=0.000008', '--seed=0']
+    plain = cli(train.main, common + ['--dry-run'])
+    assert '"fast_paths"' not in plain.output
+    fast = cli(train.main, common + ['--dry-run', '--amp=bf16', '--channels-last', '--fused-adam', '--fused-attention'])
+    assert '"fast_paths": {\n    "amp": "bf16",\n    "channels_last": true,\n    "fused_adam": true,\n    "fused_attention": true\n  }' in fast.output
+    monkeypatch.setattr(fast_paths.shutil, 'which', lambda name: None)
+    monkeypatch.delenv('CXX', raising=False)
+    cli(train.main, common + ['--dry-run', '--compile'], fails_with='needs a C++ compiler')
