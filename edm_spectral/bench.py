@@ -13,6 +13,9 @@ import torch
 from training import launch
 from training.sampling import parse_int_list
 
+from training import launch
+from training.sampling import parse_int_list
+
 #----------------------------------------------------------------------------
 # The regularizers compared against the plain EDM loss.
 
@@ -116,12 +119,13 @@ def _check_resolutions(ctx, param, values):
 @click.option('--batch',        help='Images per training step', metavar='INT', type=click.IntRange(min=1), default=16, show_default=True)
 @click.option('--iters',        help='Timed repetitions per variant', metavar='INT', type=click.IntRange(min=1), default=10, show_default=True)
 @click.option('--warmup',       help='Untimed repetitions first', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
-@click.option('--full',         help='Use the released DDPM++ configuration, not the reduced one', is_flag=True)
+@click.option('--preset',       help='Network size: reduced (CPU-friendly) or full (the released DDPM++)', type=click.Choice(['reduced', 'full']), default='reduced', show_default=True)
+@click.option('--full',         help='Deprecated spelling of --preset=full', is_flag=True, hidden=True)
 @click.option('--threads',      help='CPU threads for torch  [default: torch\'s choice]', metavar='INT', type=click.IntRange(min=1), default=None)
 @click.option('--out',          help='Where to write the JSON results  [default: bench-spectral.json, with --loop bench-loop.json]', metavar='JSON', type=str, default=None)
 @click.option('--loop',         help='Bench the training loop instead: EDM per-parameter loop vs ours, fast paths, sampling (edm_spectral/bench_loop.py)', is_flag=True)
 @click.option('--compile',      help='With --loop: also time torch.compile with this backend', type=click.Choice(['none', 'eager', 'inductor']), default='none', show_default=True)
-def main(device, resolutions, batch, iters, warmup, full, threads, out, loop, compile):
+def main(device, resolutions, batch, iters, warmup, preset, full, threads, out, loop, compile):
     """Time a training step (EDMPrecond + DDPM++, EDMLoss, forward, backward,
     Adam) with each spectral regularizer against none, in one process with
     interleaved repetitions, and the spectral term alone (forward + backward).
@@ -129,9 +133,10 @@ def main(device, resolutions, batch, iters, warmup, full, threads, out, loop, co
     \b
     Examples:
     python -m edm_spectral.bench                          # reduced net, CPU-friendly
-    python -m edm_spectral.bench --device=cuda --full --iters=50
+    python -m edm_spectral.bench --device=cuda --preset=full --iters=50
     python -m edm_spectral.bench --loop --resolutions=32    # lean loop and fast paths
     """
+    full = full or preset == 'full'
     if device is None:
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     try:

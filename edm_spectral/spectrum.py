@@ -22,6 +22,8 @@ import click
 import numpy as np
 import torch
 
+from training.sampling import parse_int_list
+
 #----------------------------------------------------------------------------
 # Input normalisation: tensors/arrays of any supported layout to float64 [N, C, H, W].
 
@@ -253,43 +255,26 @@ def spectrum_of_source(source, num=None, seed=0, mean_remove=True, seeds=None, d
     return radial_power_spectrum(iter_dataset_images(source, num=num, seed=seed), mean_remove=mean_remove)
 
 #----------------------------------------------------------------------------
-# Audio sources for the CLI: a .wav file or a folder of them (scipy.io.wavfile), each averaged.
+# Audio sources for the CLI: a .wav file or a folder of them (the audio data's reader, every
+# channel, unclipped), each averaged.
 
 def psd_of_audio_source(source, n_fft=1024, hop=None):
-    import scipy.io.wavfile
+    from edm_spectral.audio.data import read_wav
     files = sorted(glob.glob(os.path.join(source, '**', '*.wav'), recursive=True)) if os.path.isdir(source) else [source]
     if not files or not os.path.isfile(files[0]):
         raise click.ClickException(f'No .wav files found at {source}')
     sums, rate = None, None
     for f in files:
         try:
-            sr, wav = scipy.io.wavfile.read(f)
-        except (OSError, ValueError, EOFError) as e:
-            raise click.ClickException(f'Cannot read {f} as a .wav file: {e}')
-        if rate is not None and sr != rate:
-            raise click.ClickException(f'{f}: sample rate {sr} differs from {rate} of the other files')
+            wav, sr = read_wav(f, expected_rate=rate, all_channels=True, clip=False)
+        except (OSError, ValueError) as e:
+            raise click.ClickException(str(e))
         rate = sr
-        if wav.dtype.kind in 'iu':
-            info = np.iinfo(wav.dtype)
-            wav = (wav.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
-        wav = wav.T if wav.ndim == 2 else wav   # [T, C] -> [C, T]
         freqs, psd = power_spectral_density_1d(wav, n_fft=n_fft, hop=hop, sample_rate=sr)
         sums = psd if sums is None else sums + psd
     return freqs, sums / len(files)
 
 #----------------------------------------------------------------------------
-
-def parse_int_list(s):
-    if s is None or isinstance(s, list):
-        return s
-    ranges = []
-    for p in s.split(','):
-        if '-' in p:
-            a, b = p.split('-')
-            ranges.extend(range(int(a), int(b) + 1))
-        else:
-            ranges.append(int(p))
-    return ranges
 
 def _name_of(path):
     return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]

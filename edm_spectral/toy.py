@@ -234,11 +234,9 @@ def _format_seconds(seconds):
 # path of the final snapshot.
 
 def train_ddpm(run_dir, data_dir, cfg, spectral_kwargs, seed, device):
-    from training import training_loop
-    network_kwargs = dnnlib.EasyDict(class_name='training.networks.VPPrecond', model_type='SongUNet',
-        embedding_type='positional', encoder_type='standard', decoder_type='standard', channel_mult_noise=1,
-        resample_filter=[1, 1], model_channels=cfg.model_channels, channel_mult=cfg.channel_mult,
-        num_blocks=1, attn_resolutions=[], dropout=0.0)
+    from training import launch, training_loop
+    network_kwargs = dnnlib.EasyDict(class_name='training.networks.VPPrecond',
+        **launch.small_ddpmpp(model_channels=cfg.model_channels, channel_mult=cfg.channel_mult, dropout=0.0))
     loss_kwargs = dnnlib.EasyDict(class_name='training.loss.DDPMLoss', spectral_kwargs=spectral_kwargs)
     total_kimg = cfg.kimg
     training_loop.training_loop(
@@ -488,30 +486,32 @@ def format_summary_md(summary):
 
 @click.command()
 @click.option('--outdir',   help='Where to write grids, spectra and the summary', metavar='DIR', type=str, default='out/demo', show_default=True)
-@click.option('--full',     help='Run the paper-size 64x64 experiment (much longer)', is_flag=True)
-@click.option('--smoke',    help='Tiny sizes for a quick end-to-end check', is_flag=True)
+@click.option('--preset',   help="Experiment size: demo (make demo, about 10 minutes on 2 CPU cores), full (the paper's 64x64, much longer), smoke (a quick end-to-end check)", type=click.Choice(['demo', 'full', 'smoke']), default='demo', show_default=True)
+@click.option('--full',     help='Deprecated spelling of --preset=full', is_flag=True, hidden=True)
+@click.option('--smoke',    help='Deprecated spelling of --preset=smoke', is_flag=True, hidden=True)
 @click.option('--kimg',     help='Override the training length per model', metavar='KIMG', type=click.FloatRange(min=0, min_open=True))
 @click.option('--seed',     help='First training seed', metavar='INT', type=int, default=0, show_default=True)
-@click.option('--num-seeds', help='Training seeds per model (results are mean +- std)  [default: 3; --smoke: 1]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--num-seeds', help='Training seeds per model (results are mean +- std)  [default: 3; --preset=smoke: 1]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--data-seed', help='Random seed of the checkerboard data set', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--device',   help='Device (default: cuda if available, else cpu)', metavar='STR', type=str)
 @spectral_options(**{f'spectral_{k}' if k != 'kind' else 'spectral': v for k, v in DEFAULT_SPECTRAL.items()})
-def main(outdir, full, smoke, kimg, seed, num_seeds, data_seed, device, **spectral_opts):
+def main(outdir, preset, full, smoke, kimg, seed, num_seeds, data_seed, device, **spectral_opts):
     """Checkerboard experiment: DDPM with and without a spectral loss (default: Fourier amplitude+phase).
 
     \b
     Examples:
     python -m edm_spectral.toy --outdir=out/demo           # the default demo (make demo)
-    python -m edm_spectral.toy --outdir=out/full --full    # 64x64, as in the paper
+    python -m edm_spectral.toy --outdir=out/full --preset=full    # 64x64, as in the paper
     python -m edm_spectral.toy --spectral=wavelet --spectral-wavelet=bior1.3
     """
     sys.stdout.reconfigure(line_buffering=True) # progress shows up promptly when piped to a file
-    if full and smoke:
-        raise click.ClickException('--full and --smoke are mutually exclusive')
+    aliases = [name for name, given in [('full', full), ('smoke', smoke)] if given]
+    if len(aliases) > 1 or (aliases and preset not in ('demo', aliases[0])):
+        raise click.ClickException('--preset, --full and --smoke are mutually exclusive (--full and --smoke are old spellings of --preset)')
+    preset = aliases[0] if aliases else preset
     spectral_kwargs = spectral_kwargs_from_options(spectral_opts)
     if spectral_kwargs is None:
         raise click.ClickException('--spectral=none: the experiment compares a baseline with a regularized model; pick a regularizer')
-    preset = 'full' if full else 'smoke' if smoke else 'demo'
     overrides = {} if kimg is None else dict(kimg=kimg)
     run_experiment(outdir, preset=preset, spectral_kwargs=spectral_kwargs, seed=seed, num_seeds=num_seeds, data_seed=data_seed, device=device, overrides=overrides)
 

@@ -66,5 +66,5 @@ def test_installed_train_and_generate(installed):
 
 def test_installed_toy_smoke(installed):
     target, outside, env = installed
-    _run(_entry_point(target, 'edm-toy') + ['--smoke', '--outdir=toy', '--device=cpu'], cwd=outside, env=env, timeout=600)
+    _run(_entry_point(target, 'edm-toy') + ['--preset=smoke', '--outdir=toy', '--device=cpu'], cwd=outside, env=env, timeout=600)
     assert (outside / 'toy').is_dir() and os.listdir(outside / 'toy')

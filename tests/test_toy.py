@@ -233,10 +233,12 @@ def test_cli_defaults_and_errors():
     help_text = runner.invoke(toy.main, ['--help']).output
     assert '[default: fourier-amp-phase]' in help_text and '--num-seeds' in help_text and '--data-seed' in help_text
     # The experiment needs a regularizer; contradictory sizes are refused.
-    result = runner.invoke(toy.main, ['--spectral=none', '--smoke'])
+    result = runner.invoke(toy.main, ['--spectral=none', '--preset=smoke'])
     assert result.exit_code != 0 and 'pick a regularizer' in result.output
-    result = runner.invoke(toy.main, ['--full', '--smoke'])
-    assert result.exit_code != 0 and 'mutually exclusive' in result.output
+    for sizes in [['--full', '--smoke'], ['--preset=full', '--smoke']]: # the old flags are aliases of --preset
+        result = runner.invoke(toy.main, sizes)
+        assert result.exit_code != 0 and 'mutually exclusive' in result.output
+    assert '--smoke' not in help_text and '--preset [demo|full|smoke]' in help_text
     with pytest.raises(TypeError, match='unknown defaults'):
         spectral_options(spectral_wieght='1')
     result = runner.invoke(toy_search.main, ['--only=nope'])

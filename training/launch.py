@@ -33,10 +33,11 @@ PRECONDS = {
 }
 
 # A small DDPM++ that trains in seconds to minutes on a CPU (toy experiments, benchmarks, tests):
-# the --arch=ddpmpp table with fewer channels and blocks; pass other sizes as keywords.
-def small_ddpmpp(model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=(), dropout=0.0, **overrides):
+# the --arch=ddpmpp table with fewer channels and blocks; other sizes and network arguments
+# (dropout, ...) as keywords.
+def small_ddpmpp(model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=(), **overrides):
     return dict(ARCHS['ddpmpp'], model_channels=model_channels, channel_mult=list(channel_mult), num_blocks=num_blocks,
-        attn_resolutions=list(attn_resolutions), dropout=dropout, **overrides)
+        attn_resolutions=list(attn_resolutions), **overrides)
 
 # Augmentations that EDM enables, each with probability p (xflip always on, labelled).
 def augment_pipe_kwargs(p):

@@ -19,9 +19,10 @@ import torch
 
 #----------------------------------------------------------------------------
 # WAV I/O. Integer PCM is scaled as LMNT does (int16 / 32767.5, clamped); float WAVs are taken
-# as they are. Multi-channel files use the first channel, as LMNT.
+# as they are. Multi-channel files use the first channel, as LMNT. The one WAV reader: the
+# spectrum tool takes every channel ([C, T]) and float samples unclipped (all_channels, clip).
 
-def read_wav(path, expected_rate=None):
+def read_wav(path, expected_rate=None, all_channels=False, clip=True):
     import scipy.io.wavfile
     if not os.path.isfile(path):
         raise FileNotFoundError(f'WAV file not found: {path}')
@@ -30,9 +31,9 @@ def read_wav(path, expected_rate=None):
             warnings.simplefilter('ignore', scipy.io.wavfile.WavFileWarning)
             rate, data = scipy.io.wavfile.read(path)
     except Exception as e:
-        raise ValueError(f'Cannot read {path} as a WAV file: {e}') from e
+        raise ValueError(f'Cannot read {path} as a .wav file: {e}') from e
     if data.ndim == 2:
-        data = data[:, 0]
+        data = data.T if all_channels else data[:, 0]
     if data.size == 0:
         raise ValueError(f'{path} contains no samples')
     if expected_rate is not None and rate != expected_rate:
@@ -47,7 +48,7 @@ def read_wav(path, expected_rate=None):
         audio = data.astype(np.float32)
     else:
         raise ValueError(f'{path}: unsupported WAV sample format {data.dtype}')
-    return np.clip(audio, -1.0, 1.0), rate
+    return (np.clip(audio, -1.0, 1.0) if clip else audio), rate
 
 def write_wav(path, audio, rate):
     import scipy.io.wavfile

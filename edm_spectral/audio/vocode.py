@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from torch_utils import distributed as dist
+from training.sampling import parse_int_list
 from edm_spectral.audio import model as model_lib
 from edm_spectral.audio import diffusion
 from edm_spectral.audio import data as data_lib
@@ -49,26 +50,6 @@ def save_spectrogram_grid(path, columns, clip_ids, max_rows=4):
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-#----------------------------------------------------------------------------
-# Parse '0-4,7' -> [0, 1, 2, 3, 4, 7].
-
-def parse_range(s):
-    if isinstance(s, (list, tuple)):
-        return [int(x) for x in s]
-    out = []
-    for part in str(s).split(','):
-        part = part.strip()
-        if not part:
-            continue
-        if '-' in part:
-            lo, hi = part.split('-', 1)
-            out.extend(range(int(lo), int(hi) + 1))
-        else:
-            out.append(int(part))
-    if not out:
-        raise ValueError(f'Empty range "{s}"')
-    return out
 
 #----------------------------------------------------------------------------
 # Vocode every clip of the split for every seed. Clips are spread over processes; a clip's
@@ -117,13 +98,12 @@ def vocode_corpus(ckpt, data, outdir, split='heldout', seeds=(0,), fast=True, ma
 @click.option('--data',       help='LJSpeech-layout corpus', metavar='DIR', type=str, required=True)
 @click.option('--outdir',     help='Output directory', metavar='DIR', type=str, required=True)
 @click.option('--split',      help='Which clips to vocode', type=click.Choice(['heldout', 'train', 'all']), default='heldout', show_default=True)
-@click.option('--seeds',      help='Noise seeds, e.g. 0-4', metavar='LIST', type=str, default='0', show_default=True)
+@click.option('--seeds',      help='Noise seeds, e.g. 0-4', metavar='LIST', type=parse_int_list, default='0', show_default=True)
 @click.option('--schedule',   help='fast: LMNT 6-step schedule; full: the 50 training steps', type=click.Choice(['fast', 'full']), default='fast', show_default=True)
 @click.option('--max-clips',  help='Vocode only the first N clips', metavar='INT', type=click.IntRange(min=1))
 @click.option('--device',     help='Device [default: cuda if available, else cpu]', metavar='STR', type=str)
 def main(ckpt, data, outdir, split, seeds, schedule, max_clips, device):
     try:
-        seeds = parse_range(seeds)
         vocode_corpus(ckpt, data, outdir, split=split, seeds=seeds, fast=(schedule == 'fast'), max_clips=max_clips, device=device)
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e))
