@@ -13,9 +13,6 @@ import torch
 from training import launch
 from training.sampling import parse_int_list
 
-from training import launch
-from training.sampling import parse_int_list
-
 #----------------------------------------------------------------------------
 # The regularizers compared against the plain EDM loss.
 
