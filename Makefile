@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv espeak test demo demo-audio bench clean
+.PHONY: venv espeak test demo demo-audio bench gpu-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo-audio: $(STAMP) espeak
 
 bench: $(STAMP)
 	$(PY) -m edm_spectral.bench
+
+# On a CUDA machine (a few minutes): the CUDA checks, the spectral bench with the released DDPM++
+# at 64x64, the lean-loop and fast-path ratios; reports in out/gpucheck/gpucheck.{json,md}.
+gpu-check: $(STAMP)
+	$(PY) -m edm_spectral.gpucheck --out=out/gpucheck
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -45,18 +45,19 @@ def lean_update(optimizer, clean_gradients, net, ema, lr, beta):
 
 #----------------------------------------------------------------------------
 # One EDMPrecond network with Adam and an EMA, trained on one fixed batch with the loop's step
-# (or EDM's per-parameter one). seed fixes the weights and the batch.
+# (or EDM's per-parameter one, whose Adam adam_kwargs can change, e.g. foreach=None for torch's
+# default). seed fixes the weights and the batch.
 
 class Trainer:
     def __init__(self, net_kwargs, resolution, batch, device, fast=None, per_parameter=False, seed=0, lr=1e-3,
-            ema_beta=0.999, loss_kwargs={}, img_channels=3):
+            ema_beta=0.999, loss_kwargs={}, img_channels=3, adam_kwargs={}):
         device = torch.device(device)
         self.options = fast_paths.check_fast_paths(fast, device)
         self.per_parameter, self.lr, self.ema_beta, self.batch = per_parameter, lr, ema_beta, batch
         torch.manual_seed(seed)
         self.net = EDMPrecond(img_resolution=resolution, img_channels=img_channels, **net_kwargs).to(device).train()
         fast_paths.prepare_network(self.net, self.options)
-        adam = dict(lr=lr, betas=(0.9, 0.999), eps=1e-8, **(dict(foreach=False) if per_parameter else {}))
+        adam = dict(dict(lr=lr, betas=(0.9, 0.999), eps=1e-8, **(dict(foreach=False) if per_parameter else {})), **adam_kwargs)
         self.optimizer = torch.optim.Adam(self.net.parameters(), **fast_paths.optimizer_kwargs(adam, self.options))
         self.clean_gradients = multi_tensor.GradientCleaner(self.net.parameters())
         self.ema = fast_paths.exact_copy(self.net).eval().requires_grad_(False)
@@ -247,5 +248,32 @@ def format_results(lean=None, fast=None, sampling=None):
         for name, row in sampling['rows'].items():
             lines.append(f'  {name:<16s} {row["images_per_s"]:9.2f} {row["speedup"]:8.3f}x {row["max_abs_diff_uint8"]:19d} {row["peak_gb"]:9.3f}')
     return '\n'.join(lines)
+
+#----------------------------------------------------------------------------
+# python -m edm_spectral.bench --loop: every part per resolution, printed and written as JSON.
+
+def run(device, resolutions, batch, iters, warmup, full, compile_backend=None, out='bench-loop.json', sample_images=None):
+    import json
+    import os
+    import platform
+    import click
+    from edm_spectral.bench import network_kwargs
+    results = dict(device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
+        torch=torch.__version__, threads=torch.get_num_threads(), full=full, warmup=warmup, results=[])
+    click.echo(f'torch {results["torch"]}, {results["threads"]} thread(s), {device}')
+    for resolution in resolutions:
+        kwargs = network_kwargs(resolution, full)
+        click.echo(f'Resolution {resolution}x{resolution}, batch {batch}, {"full" if full else "reduced"} DDPM++...')
+        part = dict(lean=bench_lean(kwargs, resolution, batch, iters, warmup, device))
+        part['fast'] = bench_fast_paths(kwargs, resolution, batch, iters, warmup, device, compile_backend)
+        part['sampling'] = bench_sampling(kwargs, resolution, sample_images or batch, max(iters // 2, 1), min(warmup, 1), device)
+        click.echo(format_results(**part))
+        results['results'].append(dict(resolution=resolution, **part))
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, 'w') as f:
+            json.dump(results, f, indent=2)
+        click.echo(f'Wrote {out}')
+    return results
 
 #----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 GPU check (edm_spectral/gpucheck.py), all at toy size."""
 
 import copy
+import json
 import pickle
 
 import pytest
@@ -226,3 +227,29 @@ def test_cli_fast_path_flags(tmp_path, tiny_dataset, cli, monkeypatch):
     monkeypatch.setattr(fast_paths.shutil, 'which', lambda name: None)
     monkeypatch.delenv('CXX', raising=False)
     cli(train.main, common + ['--dry-run', '--compile'], fails_with='needs a C++ compiler')
+
+#----------------------------------------------------------------------------
+# make gpu-check without CUDA: the CUDA checks are skipped with a note, the rest runs at toy
+# size, and both reports are written.
+
+def test_gpucheck_cpu_part(tmp_path, cli):
+    from edm_spectral import gpucheck
+    result = cli(gpucheck.main, ['--device=cpu', '--out', tmp_path / 'report'])
+    assert 'the CUDA checks are skipped' in result.output
+    with open(tmp_path / 'report' / 'gpucheck.json') as f:
+        report = json.load(f)
+    checks = report['checks']
+    assert checks['lean_bits']['status'] == 'pass'
+    for name in ['fp16_loss_scaling', 'bf16', 'torchrun_nccl', 'generate_determinism']:
+        assert checks[name]['status'] == 'skipped' and 'no CUDA' in checks[name]['note']
+    assert checks['spectral_bench']['status'] == 'pass' and len(checks['spectral_bench']['rows']) == 5
+    assert checks['speed_bench']['lean']['call_ratio'] >= 10
+    markdown = (tmp_path / 'report' / 'gpucheck.md').read_text()
+    assert '| torchrun_nccl | skipped |' in markdown and 'fewer operator calls' in markdown and '## Spectral overhead' in markdown
+
+# The few loop steps of the fp16 check, here on the CPU (where use_fp16 is inert).
+def test_gpucheck_tiny_run(tmp_path):
+    from edm_spectral import gpucheck
+    result = gpucheck._tiny_run(torch.device('cpu'), str(tmp_path), 'tiny', dict(use_fp16=True), loss_scaling=64)
+    assert result['losses_finite'] and len(result['losses']) >= 2
+    assert all(torch.isfinite(p).all() for p in result['net'].parameters())
