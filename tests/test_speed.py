@@ -253,3 +253,18 @@ def test_gpucheck_tiny_run(tmp_path):
     result = gpucheck._tiny_run(torch.device('cpu'), str(tmp_path), 'tiny', dict(use_fp16=True), loss_scaling=64)
     assert result['losses_finite'] and len(result['losses']) >= 2
     assert all(torch.isfinite(p).all() for p in result['net'].parameters())
+
+# A resume takes the Adam implementation of the options, not the one the state was saved with.
+def test_settle_adam_after_resume():
+    net = torch.nn.Linear(3, 2)
+    saved = torch.optim.Adam(net.parameters(), fused=True)
+    net(torch.ones(1, 3)).sum().backward()
+    saved.step()
+    plain = torch.optim.Adam(net.parameters())
+    plain.load_state_dict(saved.state_dict())
+    assert plain.param_groups[0]['fused'] # load_state_dict brought the saved flag back
+    fast_paths.settle_adam(plain, fast_paths.check_fast_paths(None, 'cpu'))
+    assert plain.param_groups[0]['fused'] is None and multi_tensor._is_plain_adam(plain)
+    assert all(s['step'].device.type == 'cpu' and s['step'].dtype == torch.float32 for s in plain.state.values())
+    fast_paths.settle_adam(plain, fast_paths.check_fast_paths(dict(fused_adam=True), 'cpu'))
+    assert plain.param_groups[0]['fused'] is True
