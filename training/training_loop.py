@@ -3,6 +3,8 @@ sample grids."""
 
 import contextlib
 import copy
+import inspect
+import itertools
 import json
 import os
 import signal
@@ -56,6 +58,13 @@ def _restore_handlers(previous):
 def _ignore_stop_signals_in_worker(worker_id):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+# Shut the workers of a DataLoader iterator down now (torch does it only when the iterator
+# is collected, and waits up to 5 s per worker there once one of them failed).
+def _stop_workers(batches):
+    shutdown = getattr(batches, '_shutdown_workers', None) # absent without workers
+    if shutdown is not None:
+        shutdown()
 
 # Whether any process asked to stop. polled=False skips the cross-process comparison (and
 # answers no) on the steps between polls.
@@ -118,6 +127,40 @@ def _save_grid(net, grid_seeds, device, path):
     with torch.random.fork_rng(devices=devices):
         images = generate_images(net, grid_seeds, device)
     save_image_grid(images, path)
+
+#----------------------------------------------------------------------------
+# Checks of the options that fail only later (in a data worker, in the first forward pass),
+# run before any worker starts. The CLIs call them too, before they make a run folder.
+
+# The seed seeds numpy's RandomState (the data order), which takes 0 ... 2**32 - 1.
+def check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f'the seed must be an integer from 0 to {2**32 - 1}, got {seed!r}')
+
+# The U-Nets halve the images at every level after the first and join the skips on the way
+# back up: the side must be a power of two, with a pixel or more left at the coarsest level.
+def check_network_resolution(network_kwargs, resolution):
+    if resolution < 1 or resolution & (resolution - 1):
+        raise ValueError(f'the images are {resolution}x{resolution}; the networks need a power of two (4, 8, 16, 32, ...)')
+    levels = len(_network_argument(network_kwargs, 'channel_mult'))
+    if resolution >> (levels - 1) < 1:
+        raise ValueError(f'network_kwargs.channel_mult has {levels} levels, which halve the images {levels - 1} times; '
+            f'{resolution}x{resolution} images allow at most {resolution.bit_length()}')
+
+# An argument of the network: given, else the default of the class that takes it.
+def _network_argument(network_kwargs, name):
+    if name in network_kwargs:
+        return network_kwargs[name]
+    precond = dnnlib.util.get_obj_by_name(network_kwargs['class_name'])
+    model_type = network_kwargs.get('model_type', _default_argument(precond, 'model_type'))
+    return _default_argument(dnnlib.util.get_obj_by_name(f'training.networks.{model_type}'), name)
+
+def _default_argument(cls, name):
+    for klass in cls.__mro__: # persistent classes wrap __init__ in (*args, **kwargs)
+        parameter = inspect.signature(klass.__init__).parameters.get(name) if '__init__' in vars(klass) else None
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    raise ValueError(f'{cls.__name__} has no default for {name}')
 
 #----------------------------------------------------------------------------
 # Process setup: per-rank random streams from the shared seed (ranks draw different noise; DDP
@@ -243,21 +286,21 @@ def _peak_gpu_memory_gb(device):
 # modules (checked equal on all ranks), written by rank 0, with a sample grid when asked.
 # Returns the path on rank 0.
 
-def _write_snapshot(run_dir, kimg, network, loss_fn, augment_pipe, dataset_kwargs, rank, world_size, grid_seeds, device):
+def _write_snapshot(run_dir, cur_nimg, network, loss_fn, augment_pipe, dataset_kwargs, rank, world_size, grid_seeds, device):
     loss_copy = copy.deepcopy(loss_fn)
     if hasattr(loss_copy, 'cur_kimg'):
         loss_copy.cur_kimg = 0.0 # progress lives in the training state; keep the pickle a clean constructor state
     contents = snapshots.snapshot_contents(network, loss_copy, augment_pipe, dataset_kwargs, check_ddp=(world_size > 1))
     if rank != 0:
         return None
-    path = os.path.join(run_dir, f'network-snapshot-{kimg:06d}.pkl')
+    path = _unused_name(run_dir, 'network-snapshot', cur_nimg, '.pkl')
     snapshots.write_snapshot(path, contents)
     if grid_seeds is not None and len(grid_seeds) > 0:
         _save_grid(contents['ema'].to(device), grid_seeds, device, path[:-len('.pkl')] + '-grid.png')
     return path
 
 # Training state: EDM's net + optimizer, plus what an exact resume needs (all ranks' RNG).
-def _write_training_state(run_dir, kimg, net, optimizer, ema, progress, batch_size, rank, world_size, device):
+def _write_training_state(run_dir, cur_nimg, net, optimizer, ema, progress, batch_size, rank, world_size, device):
     rng_states = [_get_rng_state(device)]
     if world_size > 1:
         gathered = [None] * world_size
@@ -266,7 +309,18 @@ def _write_training_state(run_dir, kimg, net, optimizer, ema, progress, batch_si
     if rank == 0:
         state = dict(net=net, optimizer_state=optimizer.state_dict(), ema_state=ema.state_dict(), cur_nimg=progress['cur_nimg'],
             data_nimg=progress['data_nimg'], rng_states=rng_states, world_size=world_size, batch_size=batch_size)
-        snapshots.atomic_write(os.path.join(run_dir, f'training-state-{kimg:06d}.pt'), lambda f: torch.save(state, f))
+        snapshots.atomic_write(_unused_name(run_dir, 'training-state', cur_nimg, '.pt'), lambda f: torch.save(state, f))
+
+# A file name of EDM's, by whole kimg; when that name is taken (a stop or a short tick in the
+# same kimg, an earlier run in the same folder), the exact image count, so that no file ever
+# replaces another: network-snapshot-000002.pkl, then network-snapshot-000002.600.pkl.
+def _unused_name(run_dir, prefix, cur_nimg, suffix):
+    kimg = f'{cur_nimg // 1000:06d}'
+    exact = f'{kimg}.{cur_nimg % 1000:03d}'
+    for tag in itertools.chain([kimg, exact], (f'{exact}-{n}' for n in itertools.count(1))):
+        path = os.path.join(run_dir, f'{prefix}-{tag}{suffix}')
+        if not os.path.exists(path):
+            return path
 
 # Whether a tick writes a file that is due every `every` ticks (None = never) and at the end.
 def _due(tick, every, done):
@@ -322,6 +376,8 @@ def training_loop(
         raise ValueError('resume_pkl needs load_snapshot, a function reading a snapshot file into a dict')
     if resume_state_dump and load_training_state is None:
         raise ValueError('resume_state_dump needs load_training_state, a function reading a training state file into a dict')
+    check_seed(seed)
+    total_nimg = round(total_kimg * 1000) # whole images: 0.029 kimg is 29 images, not 29.000000000000004
 
     start_time = time.time()
     device = dist.init(device) # idempotent; resolves None/'cuda' to this process' device
@@ -340,55 +396,63 @@ def training_loop(
     saved = state if state is not None else {}
     progress = dict(cur_nimg=int(saved['cur_nimg']) if 'cur_nimg' in saved else int(resume_kimg * 1000),
         data_nimg=int(saved.get('data_nimg', 0))) # images trained on, images drawn from the data stream
+    if state is not None and progress['cur_nimg'] >= total_nimg:
+        raise ValueError(f'the training state has trained {progress["cur_nimg"]} images, the run asks for {total_nimg} '
+            f'in all (total_kimg={total_kimg:g}): nothing is left to train')
 
     # Endless shuffled data, from where the saved run left it. The order of everything from
     # here to the EMA copy fixes the random draws (loader seed, initial weights, summary pass).
     dist.print0('Loading dataset...')
     dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+    check_network_resolution(network_kwargs, dataset.resolution)
     sampler = misc.InfiniteSampler(dataset=dataset, rank=rank, num_replicas=world_size, seed=seed, start_idx=progress['data_nimg'])
     loader_options = dict(data_loader_kwargs)
     if stop_on_signal and loader_options.get('num_workers', 0) > 0:
         loader_options.setdefault('worker_init_fn', _ignore_stop_signals_in_worker)
     batches = iter(torch.utils.data.DataLoader(dataset=dataset, sampler=sampler, batch_size=batch_gpu, **loader_options))
-
-    dist.print0('Constructing network...')
-    net = dnnlib.util.construct_class_by_name(**network_kwargs, img_resolution=dataset.resolution,
-        img_channels=dataset.num_channels, label_dim=dataset.label_dim)
-    net.train().requires_grad_(True).to(device)
-    if rank == 0:
-        _print_network_summary(net, batch_gpu, device)
-    speedups.prepare_network(net, fast)
-
-    dist.print0('Setting up optimizer...')
-    loss_fn = dnnlib.util.construct_class_by_name(**loss_kwargs)
-    optimizer = dnnlib.util.construct_class_by_name(params=net.parameters(), **speedups.optimizer_kwargs(optimizer_kwargs, fast))
-    clean_gradients = multi_tensor.GradientCleaner(net.parameters())
-    augment_pipe = None if augment_kwargs is None else dnnlib.util.construct_class_by_name(**augment_kwargs)
-    ddp = net
-    if world_size > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
-    denoiser = speedups.denoiser(ddp, fast, device)
-    ema = speedups.exact_copy(net).eval().requires_grad_(False)
-
-    if resume_pkl is not None:
-        _load_snapshot_weights(resume_pkl, load_snapshot, [net, ema])
-    if state is not None:
-        _restore_training_state(state, net, optimizer, ema, rank, world_size, device)
-        speedups.settle_adam(optimizer, fast)
-        del state, saved
-
-    snapshot_callback = None if snapshot_callback_kwargs is None else dnnlib.util.construct_class_by_name(**snapshot_callback_kwargs)
-    dist.print0(f'Training for {total_kimg} kimg...')
-    dist.print0()
-    tick = dnnlib.EasyDict(index=0, start_nimg=progress['cur_nimg'], start_time=time.time())
-    tick.maintenance = tick.start_time - start_time
-    dist.update_progress(progress['cur_nimg'] // 1000, total_kimg)
-    last_snapshot = None
-    stopped = False
-    synchronize_stops = world_size > 1 and stop_on_signal # every rank must stop after the same step
-    _stop_requested = False
-
     with contextlib.ExitStack() as cleanup:
+        # Whatever fails from here on, the data workers stop at once: left to the garbage
+        # collector, or to the exit (which waits for them, and they ignore SIGTERM), they
+        # hang the process.
+        cleanup.callback(_stop_workers, batches)
+
+        dist.print0('Constructing network...')
+        net = dnnlib.util.construct_class_by_name(**network_kwargs, img_resolution=dataset.resolution,
+            img_channels=dataset.num_channels, label_dim=dataset.label_dim)
+        net.train().requires_grad_(True).to(device)
+        if rank == 0:
+            _print_network_summary(net, batch_gpu, device)
+        speedups.prepare_network(net, fast)
+
+        dist.print0('Setting up optimizer...')
+        loss_fn = dnnlib.util.construct_class_by_name(**loss_kwargs)
+        optimizer = dnnlib.util.construct_class_by_name(params=net.parameters(), **speedups.optimizer_kwargs(optimizer_kwargs, fast))
+        clean_gradients = multi_tensor.GradientCleaner(net.parameters())
+        augment_pipe = None if augment_kwargs is None else dnnlib.util.construct_class_by_name(**augment_kwargs)
+        ddp = net
+        if world_size > 1:
+            ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
+        denoiser = speedups.denoiser(ddp, fast, device)
+        ema = speedups.exact_copy(net).eval().requires_grad_(False)
+
+        if resume_pkl is not None:
+            _load_snapshot_weights(resume_pkl, load_snapshot, [net, ema])
+        if state is not None:
+            _restore_training_state(state, net, optimizer, ema, rank, world_size, device)
+            speedups.settle_adam(optimizer, fast)
+            del state, saved
+
+        snapshot_callback = None if snapshot_callback_kwargs is None else dnnlib.util.construct_class_by_name(**snapshot_callback_kwargs)
+        dist.print0(f'Training for {total_kimg} kimg...')
+        dist.print0()
+        tick = dnnlib.EasyDict(index=0, start_nimg=progress['cur_nimg'], start_time=time.time())
+        tick.maintenance = tick.start_time - start_time
+        dist.update_progress(progress['cur_nimg'] // 1000, total_kimg)
+        last_snapshot = None
+        stopped = False
+        synchronize_stops = world_size > 1 and stop_on_signal # every rank must stop after the same step
+        _stop_requested = False
+
         cleanup.callback(_restore_handlers, _install_stop_handlers() if stop_on_signal else {})
         stats_file = None
         steps = 0
@@ -405,7 +469,7 @@ def training_loop(
 
             # Does this step end a tick, or the run (done, or stopped on request)?
             cur_nimg = progress['cur_nimg']
-            done = cur_nimg >= total_kimg * 1000
+            done = cur_nimg >= total_nimg
             tick_ends = done or tick.index == 0 or cur_nimg >= tick.start_nimg + kimg_per_tick * 1000
             if not done and _stop_agreed(device, tick_ends or steps % _STOP_POLL_STEPS == 0, synchronize_stops):
                 stopped = done = tick_ends = True
@@ -433,12 +497,12 @@ def training_loop(
             kimg = cur_nimg // 1000
             if _due(tick.index, snapshot_ticks, done):
                 exported = speedups.exact_copy(net) if export_net == 'raw' else ema
-                written = _write_snapshot(run_dir, kimg, exported, loss_fn, augment_pipe, dataset_kwargs, rank, world_size, grid_seeds, device)
+                written = _write_snapshot(run_dir, cur_nimg, exported, loss_fn, augment_pipe, dataset_kwargs, rank, world_size, grid_seeds, device)
                 last_snapshot = written or last_snapshot
                 if snapshot_callback is not None:
                     snapshot_callback(snapshot_pkl=written, net=copy.deepcopy(exported).eval().requires_grad_(False), cur_nimg=cur_nimg, device=device)
             if tick.index != 0 and _due(tick.index, state_dump_ticks, done):
-                _write_training_state(run_dir, kimg, net, optimizer, ema, progress, batch_size, rank, world_size, device)
+                _write_training_state(run_dir, cur_nimg, net, optimizer, ema, progress, batch_size, rank, world_size, device)
 
             # One line of statistics per tick (rank 0), then the next tick.
             training_stats.default_collector.update()
