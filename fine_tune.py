@@ -110,6 +110,7 @@ def run_sweep(ctx, opts):
 @click.option('--network',       help='Checkpoint to fine-tune (EDM pickle)', metavar='PKL|URL',     type=str, required=True)
 @click.option('--preset',        help='Paper hyper-parameters per dataset (auto: from the names, else resolution)', type=click.Choice(['auto', 'cifar10', 'ffhq', 'afhqv2']), default='auto')
 @click.option('--export',        help='What snapshots store as "ema": the EMA or the raw trained net', type=click.Choice(['ema', 'raw']), default='ema')
+@click.option('--allow-changes', help='Resume even where the run-defining options differ from the state\'s run (listed in the log)', is_flag=True)
 
 # Data, hyperparameters, performance, I/O, spectral regularization and metrics: train.py's
 # options (edm_spectral/cli.py), with the fine-tuning defaults (None = the preset's value).
@@ -281,8 +282,8 @@ def main(**kwargs):
         ('Dropout / augment', f'{dropout:g} / {augment:g}'), ('Duration', f'{c.total_kimg:g} kimg')]
     try:
         result = launch.launch_training(c, desc=desc, outdir=opts.outdir, nosubdir=opts.nosubdir, dry_run=opts.dry_run, device=device,
-            summary=summary, **training_readers('--network', trust_code=opts.trust_code))
-    except FileExistsError as e:
+            summary=summary, allow_changes=opts.allow_changes, **training_readers('--network', trust_code=opts.trust_code))
+    except (FileExistsError, launch.TrainingError) as e:
         raise click.ClickException(str(e))
     if result is None or dist.get_rank() != 0:
         return

@@ -13,13 +13,17 @@ from edm_spectral.metrics import snapshot_callback_kwargs
 from edm_spectral.cli import fast_paths_from_options
 
 #----------------------------------------------------------------------------
-# Read the --transfer snapshot once up front, so that a missing, corrupt or refused pickle, or
-# one made for another resolution, fails here and not after the training loop has built everything.
-def check_transfer(path, trust_code, resolution):
+# Read the --transfer snapshot once up front, so that a missing, corrupt or refused pickle, one
+# made for another resolution, or one whose weights do not fit the network of the options,
+# fails here and not after the training loop has built everything.
+def check_transfer(path, trust_code, resolution, network_kwargs):
     net = load_snapshot_option(path, '--transfer', trust_code=trust_code)['ema']
     net_res = getattr(net, 'img_resolution', resolution)
     if net_res != resolution:
         raise click.ClickException(f'--transfer: the snapshot is for {net_res}x{net_res} images, the dataset is {resolution}x{resolution}')
+    mismatch = launch.transfer_mismatch(net, network_kwargs)
+    if mismatch is not None:
+        raise click.ClickException(f'--transfer: {mismatch}')
 
 #----------------------------------------------------------------------------
 # Pieces of the options that main() assembles.
@@ -63,12 +67,12 @@ def check_batch_split(batch, batch_gpu, world_size):
         raise click.ClickException(f'--batch-gpu={batch_gpu} must divide the per-process batch {share}')
 
 # --transfer (weights only, no EMA ramp-up, as EDM) or --resume (the whole state).
-def starting_point_options(opts, resolution):
+def starting_point_options(opts, resolution, network_kwargs):
     if opts.transfer is None:
         return resume_option(opts.resume) if opts.resume is not None else {}
     if opts.resume is not None:
         raise click.ClickException('--transfer and --resume cannot be specified at the same time')
-    check_transfer(opts.transfer, opts.trust_code, resolution)
+    check_transfer(opts.transfer, opts.trust_code, resolution, network_kwargs)
     return dict(resume_pkl=opts.transfer, ema_rampup_ratio=None)
 
 # <dataset>-<cond|uncond>-<arch>-<precond>-gpus<G>-batch<B>-<fp16|fp32>[-<desc>]
@@ -89,6 +93,7 @@ def run_name(dataset_name, opts, world_size):
 @click.option('--precond',       help='Preconditioner and loss (ddpm = VP network with the discrete DDPM loss)', type=click.Choice(['vp', 've', 'edm', 'ddpm']), default='edm', show_default=True)
 @click.option('--cbase',         help='Base channel count  [default: per --arch]', metavar='INT',    type=click.IntRange(min=1))
 @click.option('--cres',          help='Channel multipliers per resolution  [default: per --arch]', metavar='LIST', type=parse_int_list)
+@click.option('--allow-changes', help='Resume even where the run-defining options differ from the state\'s run (listed in the log)', is_flag=True)
 @click.option('--transfer',      help='Start from the weights of this snapshot, fresh optimizer', metavar='PKL|URL', type=str)
 
 # Data, hyperparameters, performance, I/O, spectral regularization and metrics, shared with
@@ -144,7 +149,7 @@ def main(**kwargs):
         c.fast_paths = fast
     check_batch_split(opts.batch, opts.batch_gpu, dist.get_world_size())
     c.seed = opts.seed if opts.seed is not None else launch.random_seed(device)
-    c.update(starting_point_options(opts, dataset_kwargs.resolution))
+    c.update(starting_point_options(opts, dataset_kwargs.resolution, c.network_kwargs))
 
     c.lr_rampup_kimg = opts.lr_rampup
     if opts.ema_rampup == 'none':
@@ -167,8 +172,8 @@ def main(**kwargs):
     readers = training_readers('--transfer' if opts.transfer is not None else '--resume', trust_code=opts.trust_code)
     try:
         launch.launch_training(c, desc=run_name(dataset_name, opts, dist.get_world_size()), outdir=opts.outdir, nosubdir=opts.nosubdir,
-            dry_run=opts.dry_run, device=device, summary=summary, **readers)
-    except FileExistsError as e:
+            dry_run=opts.dry_run, device=device, summary=summary, allow_changes=opts.allow_changes, **readers)
+    except (FileExistsError, launch.TrainingError) as e:
         raise click.ClickException(str(e))
 
 #----------------------------------------------------------------------------

@@ -4,8 +4,10 @@ call that writes training_options.json, tees the output to log.txt and runs the 
 Library code: problems are ordinary exceptions, which the CLIs turn into messages."""
 
 import json
+import math
 import os
 import re
+import traceback
 
 import torch
 
@@ -46,11 +48,14 @@ def augment_pipe_kwargs(p):
 #----------------------------------------------------------------------------
 # Units of the options: durations and EMA half-lives are given in Mimg, the loop counts kimg.
 
-# Training duration: EDM's rounding down to whole kimg (at least 1); durations under 1 kimg
-# are kept exactly, for smoke tests.
+# Training duration: exact, in whole images (EDM cut it to whole kimg, so that --duration=0.0025
+# trained 2 kimg, or nothing on resuming a 2.0-kimg state). Whole kimg stay integers, as EDM
+# writes them in training_options.json.
 def duration_to_kimg(duration_mimg):
-    kimg = duration_mimg * 1000
-    return max(int(kimg), 1) if kimg >= 1 else kimg
+    nimg = round(duration_mimg * 1e6)
+    if nimg < 1:
+        raise ValueError(f'a duration of {duration_mimg:g} Mimg is less than one image')
+    return nimg // 1000 if nimg % 1000 == 0 else nimg / 1000
 
 # EMA half-life: whole kimg, as EDM (--ema=0.025 is 25 kimg).
 def ema_to_kimg(ema_mimg):
@@ -85,8 +90,10 @@ def random_seed(device):
 # A training state to resume from: the state file, its kimg and (when present) its sibling
 # snapshot, as training_loop arguments.
 
+# The names are training-state-<kimg>.pt, or with the exact image count where a name was taken
+# (training-state-000002.600.pt, training-state-000002.600-1.pt: see the training loop).
 def resume_kwargs(path):
-    m = re.fullmatch(r'training-state-(\d+)\.pt', os.path.basename(path))
+    m = re.fullmatch(r'training-state-((\d+)(?:\.(\d{3}))?(?:-\d+)?)\.pt', os.path.basename(path))
     if not m:
         raise ValueError(f'expected a training-state-<kimg>.pt file from a previous run, got "{path}"')
     if not os.path.isfile(path):
@@ -95,16 +102,137 @@ def resume_kwargs(path):
     pkl = os.path.join(os.path.dirname(path), f'network-snapshot-{m.group(1)}.pkl')
     if os.path.isfile(pkl):
         c.resume_pkl = pkl
-    c.resume_kimg = int(m.group(1))
+    c.resume_kimg = int(m.group(2)) if m.group(3) is None else (int(m.group(2)) * 1000 + int(m.group(3))) / 1000
     c.resume_state_dump = path
     return c
+
+#----------------------------------------------------------------------------
+# Checks of a run's options, before its folder is made and any data worker starts.
+
+class TrainingError(RuntimeError):
+    """A run that was refused or that failed: the message is one line (a failed run's log.txt
+    ends with the traceback and a FAILED line)."""
+
+# The command-line option behind a training_options.json key, for the messages.
+_OPTION_NAMES = {
+    'network_kwargs.model_channels': '--cbase', 'network_kwargs.channel_mult': '--cres', 'network_kwargs.dropout': '--dropout',
+    'network_kwargs.use_fp16': '--fp16', 'network_kwargs.augment_dim': '--augment', 'network_kwargs.class_name': '--precond',
+    'loss_kwargs.class_name': '--precond', 'augment_kwargs.p': '--augment', 'batch_size': '--batch', 'batch_gpu': '--batch-gpu',
+    'dataset_kwargs.use_labels': '--cond', 'optimizer_kwargs.lr': '--lr', 'seed': '--seed', 'total_kimg': '--duration',
+    'ema_halflife_kimg': '--ema', 'ema_rampup_ratio': '--ema-rampup', 'lr_rampup_kimg': '--lr-rampup', 'loss_scaling': '--ls',
+}
+# Options whose value is the key's value (--cbase=16 is model_channels=16; --arch sets several keys).
+_SAME_VALUE = {'--cbase', '--cres', '--dropout', '--fp16', '--batch', '--batch-gpu', '--cond', '--lr', '--seed', '--ema-rampup',
+    '--lr-rampup', '--ls'}
+
+def option_name(key):
+    if key in _OPTION_NAMES:
+        return _OPTION_NAMES[key]
+    head, _, arg = key.rpartition('.')
+    if head == 'loss_kwargs.spectral_kwargs':
+        return '--spectral' if arg == 'kind' else '--spectral-' + arg.replace('_', '-')
+    if head == 'network_kwargs' and any(arg in arch for arch in ARCHS.values()):
+        return '--arch'
+    return None
+
+def _show(value):
+    return 'unset' if value is _UNSET else json.dumps(value)
+
+# "--cbase=16 (network_kwargs.model_channels=16)": the option and the key with a value.
+def describe_setting(key, value):
+    option = option_name(key)
+    if option in _SAME_VALUE or (option or '').startswith('--spectral'):
+        shown = ','.join(str(v) for v in value) if isinstance(value, list) else 'unset' if value is _UNSET else value
+        return f'{option}={shown} ({key}={_show(value)})'
+    return f'{key}={_show(value)}' + (f' ({option})' if option else '')
+
+_UNSET = object()
+
+# Nested options as (dotted key, value) pairs.
+def _flatten(options, prefix=''):
+    for key, value in options.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f'{prefix}{key}.')
+        else:
+            yield f'{prefix}{key}', value
+
+# Numbers that would fail later, or never stop a run: NaN and infinity anywhere, a seed that
+# numpy refuses, a network too deep for the images.
+def check_options(c):
+    for key, value in _flatten(c):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f'{describe_setting(key, value)} is not a finite number')
+    try:
+        training_loop.check_seed(c.get('seed', 0))
+        if c.get('dataset_kwargs', {}).get('resolution') is not None:
+            training_loop.check_network_resolution(c.network_kwargs, c.dataset_kwargs.resolution)
+    except ValueError as err:
+        option = '--seed' if 'seed' in str(err) else '--data / --cres'
+        raise ValueError(f'{option}: {err}') from None
+
+# What defines a run: resuming with other values would not continue the same training.
+RUN_DEFINING_OPTIONS = ['network_kwargs', 'loss_kwargs', 'augment_kwargs', 'batch_size', 'dataset_kwargs.use_labels']
+
+# The differences of the run-defining options from the run that wrote the state (its
+# training_options.json, beside the state file), as messages.
+def resume_changes(c):
+    options_file = os.path.join(os.path.dirname(os.path.abspath(c.resume_state_dump)), 'training_options.json')
+    try:
+        with open(options_file) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as err:
+        return [f'the options of that run cannot be compared: {options_file} is missing or unreadable ({err})']
+    def pick(options):
+        picked = {}
+        for name in RUN_DEFINING_OPTIONS:
+            value = options
+            for part in name.split('.'):
+                value = value.get(part, _UNSET) if isinstance(value, dict) else _UNSET
+            picked.update(_flatten({name: value}) if isinstance(value, dict) else [(name, value)])
+        return picked
+    before, now = pick(saved), pick(json.loads(json.dumps(c)))
+    return [f'this state was trained with {describe_setting(key, before.get(key, _UNSET))}, now {_show(now.get(key, _UNSET))}'
+        for key in list(before) + [k for k in now if k not in before] if before.get(key, _UNSET) != now.get(key, _UNSET)]
+
+# Whether a snapshot's network fits the one the options build (the loop copies the weights
+# by name): None, or a message naming the tensor that differs in shape and the options that
+# differ. The network is built on the meta device, which allocates and draws nothing.
+_SHAPE_NEUTRAL = {'dropout', 'use_fp16', 'class_name'}
+
+def transfer_mismatch(source, network_kwargs):
+    if not hasattr(source, 'init_kwargs'):
+        return None
+    interface = {k: source.init_kwargs[k] for k in ['img_resolution', 'img_channels', 'label_dim'] if k in source.init_kwargs}
+    with torch.device('meta'):
+        target = dnnlib.util.construct_class_by_name(**network_kwargs, **interface)
+    theirs = {name: tuple(t.shape) for name, t in source.state_dict().items()}
+    clashes = [(name, theirs[name], tuple(t.shape)) for name, t in target.state_dict().items() if name in theirs and theirs[name] != tuple(t.shape)]
+    if not clashes:
+        return None
+    before = {k: v for k, v in json.loads(json.dumps(source.init_kwargs)).items() if k not in interface}
+    now = json.loads(json.dumps({k: v for k, v in network_kwargs.items()}))
+    changes = [f'{describe_setting("network_kwargs." + key, before.get(key, _UNSET))}, now {_show(now.get(key, _UNSET))}'
+        for key in list(before) + [k for k in now if k not in before]
+        if key not in _SHAPE_NEUTRAL and before.get(key, _UNSET) != now.get(key, _UNSET)]
+    name, there, here = clashes[0]
+    return (f'the snapshot\'s network does not fit this one ({name} is {list(there)} there, {list(here)} here)' +
+        (f': it was trained with {"; ".join(changes)}' if changes else ''))
 
 #----------------------------------------------------------------------------
 # Make the run directory, write training_options.json (the options c), tee the output to
 # log.txt and train. loop_kwargs are training_loop arguments that are not options (the readers
 # of resume_pkl and resume_state_dump). Returns training_loop's result, None for a dry run.
 
-def launch_training(c, desc, outdir, nosubdir, dry_run, device, summary, **loop_kwargs):
+def launch_training(c, desc, outdir, nosubdir, dry_run, device, summary, allow_changes=False, **loop_kwargs):
+    try:
+        check_options(c)
+        if dist.get_rank() == 0:
+            dnnlib.util.check_writable_dir(outdir, '--outdir')
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
+    changes = resume_changes(c) if c.get('resume_state_dump') else []
+    if changes and not allow_changes:
+        raise TrainingError(f'--resume: {"; ".join(changes)}; pass --allow-changes to continue anyway')
     if dist.get_rank() != 0:
         c.run_dir = None
     elif nosubdir:
@@ -121,6 +249,8 @@ def launch_training(c, desc, outdir, nosubdir, dry_run, device, summary, **loop_
         dist.print0(f'{key + ":":<24} {value}')
     dist.print0(f'Number of processes:     {dist.get_world_size()}')
     dist.print0(f'Device:                  {device}')
+    for change in changes:
+        dist.print0(f'Warning: --allow-changes: {change}')
     dist.print0()
     if dry_run:
         dist.print0('Dry run; exiting.')
@@ -133,12 +263,29 @@ def launch_training(c, desc, outdir, nosubdir, dry_run, device, summary, **loop_
         with open(os.path.join(c.run_dir, 'training_options.json'), 'wt') as f:
             json.dump(c, f, indent=2)
         logger = dnnlib.util.Logger(file_name=os.path.join(c.run_dir, 'log.txt'), file_mode='a', should_flush=True)
+    failure = None
     try:
-        result = training_loop.training_loop(**c, **loop_kwargs, device=device)
+        return training_loop.training_loop(**c, **loop_kwargs, device=device)
+    except Exception as err:
+        failure = failure_message(err)
+        if logger is not None: # the details for the log, one line for the console
+            logger.file.write(traceback.format_exc() + f'FAILED: {failure}\n')
     finally:
         if logger is not None:
             logger.close()
-    dist.shutdown()
-    return result
+        dist.shutdown()
+    # Raised here, without the traceback, whose frames would keep the data loader's workers
+    # alive until the interpreter waits for them at exit.
+    raise TrainingError(failure)
+
+# One line for an error raised in the training loop; an error in a data worker comes with the
+# worker's traceback in its message, whose last line names it.
+def failure_message(err):
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    if 'Original Traceback' in str(err) and lines:
+        return f'in a data loader worker: {lines[-1].strip()}'
+    text = lines[0] if lines else ''
+    known = isinstance(err, ValueError) or hasattr(err, 'format_message') # click's errors are messages already
+    return text if known and text else f'{type(err).__name__}: {text}'.rstrip(': ')
 
 #----------------------------------------------------------------------------
