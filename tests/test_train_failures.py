@@ -1,0 +1,201 @@
+"""train.py on broken inputs and interrupted runs (issue 16): every failure ends the process
+within seconds with a one-line message (data workers and all), nothing is validated too late,
+a resume is exact or refused, and no file of a run is ever replaced by another of its name.
+Each bad-input case is one line of a table: the arguments, then a piece of the message."""
+
+import glob
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import PIL.Image
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from edm_spectral.checkpoints import load_training_state  # noqa: E402
+from training import launch  # noqa: E402
+
+# A tiny network, two data workers; a case may give an option again (click keeps the last).
+TINY = ['--device=cpu', '--cbase=8', '--cres=1,2', '--batch=4', '--duration=0.00004', '--tick=1', '--seed=1', '--workers=2']
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+    for key in ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']:
+        env.pop(key, None)
+    return env
+
+# train.py as its own process (a hang shows only there: at exit, Python waits for the workers).
+def run_train(args, timeout=90):
+    start = time.time()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] + args, cwd=ROOT, env=_env(),
+        capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr, time.time() - start
+
+def _png(pixels):
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(pixels).save(buffer, format='png')
+    return buffer.getvalue()
+
+def _zip(path, images):
+    with zipfile.ZipFile(path, 'w') as z:
+        for index, data in enumerate(images):
+            z.writestr(f'00000/img{index:08d}.png', data)
+    return str(path)
+
+# A PNG whose compressed pixels are damaged but whose header and end are whole: it passes the
+# checks at open and fails when a data worker decodes it.
+def _damaged_png(data):
+    data = bytearray(data)
+    start = data.index(b'IDAT') + 8
+    data[start:start + 12] = b'\x00' * 12
+    return bytes(data)
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('inputs')
+    rnd = np.random.RandomState(0)
+    good = [_png(rnd.randint(0, 256, size=[16, 16, 3], dtype=np.uint8)) for _ in range(8)]
+    paths = dict(
+        good=_zip(root / 'good.zip', good),
+        other_size=_zip(root / 'other-size.zip', good[:-1] + [_png(rnd.randint(0, 256, size=[8, 8, 3], dtype=np.uint8))]),
+        other_channels=_zip(root / 'other-channels.zip', good[:-1] + [_png(rnd.randint(0, 256, size=[16, 16], dtype=np.uint8))]),
+        corrupt=_zip(root / 'corrupt.zip', good[:-1] + [_damaged_png(good[-1])]),
+        res15=_zip(root / 'res15.zip', [_png(rnd.randint(0, 256, size=[15, 15, 3], dtype=np.uint8)) for _ in range(8)]),
+    )
+    # A finished run with --cbase=8: its snapshot and training state.
+    runs = root / 'runs'
+    code, output, _ = run_train([f'--outdir={runs}', f'--data={paths["good"]}', '--dump=1'] + TINY + ['--workers=1'])
+    assert code == 0, output
+    run_dir, = glob.glob(str(runs / '*'))
+    paths.update(run_dir=run_dir, snapshot=sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl')))[0],
+        state=sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt')))[-1])
+    return paths
+
+#----------------------------------------------------------------------------
+# Bad inputs: (arguments, expected message). The message is one line, the exit prompt and
+# non-zero, no traceback; the data loader has two workers.
+
+BAD_INPUTS = [
+    # Refused before the run folder is made: the dataset's images (checked when it is opened),
+    # the network against them, the numbers, the starting point against the options.
+    ('--data={other_size}',                                 'img00000007.png is 8x8 RGB, expected 16x16 RGB like the first image'),
+    ('--data={other_channels}',                             'img00000007.png is 16x16 L, expected 16x16 RGB like the first image'),
+    ('--data={res15}',                                      'the images are 15x15; the networks need a power of two'),
+    ('--data={good} --cres=1,2,2,2,2,2',                    '6 levels, which halve the images 5 times; 16x16 images allow at most 5'),
+    ('--data={good} --lr=nan',                              '--lr=nan (optimizer_kwargs.lr=NaN) is not a finite number'),
+    ('--data={good} --dropout=nan',                         '--dropout=nan (network_kwargs.dropout=NaN) is not a finite number'),
+    ('--data={good} --seed=-1',                             '--seed: the seed must be an integer from 0 to 4294967295, got -1'),
+    ('--data={good} --transfer={snapshot} --cbase=16',      'it was trained with --cbase=8 (network_kwargs.model_channels=8), now 16'),
+    ('--data={good} --resume={state} --cbase=16',           '--resume: this state was trained with --cbase=8 (network_kwargs.model_channels=8), now 16; pass --allow-changes'),
+    ('--data={good} --resume={state} --batch=8',            'this state was trained with --batch=4 (batch_size=4), now 8'),
+    ('--data={good} --resume={state} --spectral=fourier-amp', 'this state was trained with --spectral=unset (loss_kwargs.spectral_kwargs.kind=unset), now "fourier-amp"'),
+    # Found by the training loop, which marks the run FAILED in its log.txt: a state that has
+    # nothing left to train, and an image that decodes badly in a data worker.
+    ('--data={good} --resume={state}',                      'FAILED: the training state has trained 40 images, the run asks for 40 in all'),
+    ('--data={corrupt}',                                    'FAILED: in a data loader worker: OSError: Cannot read image 00000/img00000007.png'),
+]
+
+@pytest.mark.parametrize('case, message', BAD_INPUTS, ids=[f'{i}:{case}' for i, (case, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_exits_promptly(case, message, inputs, tmp_path):
+    outdir = tmp_path / 'runs'
+    code, output, seconds = run_train([f'--outdir={outdir}'] + TINY + [word.format(**inputs) for word in case.split()], timeout=60)
+    assert code != 0 and 'Traceback' not in output, output
+    error_lines = [line for line in output.splitlines() if line.startswith('Error: ')]
+    assert len(error_lines) == 1 and message.replace('FAILED: ', '') in error_lines[0], output
+    assert seconds < 45, seconds # the process ends, its workers too (a hang ran into the timeout)
+    runs = glob.glob(str(outdir / '*'))
+    if not message.startswith('FAILED: '):
+        assert runs == [], runs
+    else:
+        with open(os.path.join(runs[0], 'log.txt')) as f:
+            assert f.read().splitlines()[-1] == 'FAILED: ' + error_lines[0][len('Error: '):]
+
+#----------------------------------------------------------------------------
+# A hostile training state: refused with one line, the payload never runs, the log says FAILED.
+
+def test_hostile_resume_state(inputs, hostile, tmp_path):
+    state = hostile.torch_save()
+    code, output, _ = run_train([f'--outdir={tmp_path}/runs', f'--data={inputs["good"]}', f'--resume={state}', '--allow-changes'] + TINY, timeout=60)
+    assert code != 0 and 'Traceback' not in output and not hostile.ran(), output
+    assert 'which the weights-only loader does not allow' in output and '--trust-code' in output
+    run_dir, = glob.glob(str(tmp_path / 'runs' / '*'))
+    with open(os.path.join(run_dir, 'log.txt')) as f:
+        assert f.read().splitlines()[-1].startswith('FAILED: UnsafePickleError: ')
+
+#----------------------------------------------------------------------------
+# --allow-changes continues, listing every difference.
+
+def test_allow_changes_lists_differences(inputs, tmp_path):
+    code, output, _ = run_train([f'--outdir={tmp_path}/runs', f'--data={inputs["good"]}', f'--resume={inputs["state"]}', '--allow-changes',
+        '--spectral=fourier-amp'] + TINY + ['--duration=0.000048', '--workers=1'])
+    assert code == 0, output
+    assert 'Warning: --allow-changes: this state was trained with --spectral=unset' in output
+    state = load_training_state(sorted(glob.glob(str(tmp_path / 'runs' / '*' / 'training-state-*.pt')))[-1])
+    assert state['cur_nimg'] == 48
+
+#----------------------------------------------------------------------------
+# Durations are exact, in images: 1.25 kimg is 1250 images (EDM cut it to 1 kimg, so that a
+# resumed 1.0-kimg state trained nothing).
+
+def test_duration_is_exact():
+    assert launch.duration_to_kimg(0.0025) == 2.5 and launch.duration_to_kimg(200) == 200000
+    assert launch.duration_to_kimg(0.000029) == 0.029 and launch.duration_to_kimg(0.0015) == 1.5
+    with pytest.raises(ValueError, match='less than one image'):
+        launch.duration_to_kimg(1e-7)
+
+def test_resume_continues_to_a_fractional_duration(inputs, tmp_path):
+    runs = tmp_path / 'runs'
+    big = ['--batch=250', '--tick=1', '--dump=1', '--workers=1']
+    code, output, _ = run_train([f'--outdir={runs}', f'--data={inputs["good"]}'] + TINY + big + ['--duration=0.001'], timeout=300)
+    assert code == 0, output
+    first, = glob.glob(str(runs / '*'))
+    state = os.path.join(first, 'training-state-000001.pt')
+    assert load_training_state(state)['cur_nimg'] == 1000
+    code, output, _ = run_train([f'--outdir={runs}', f'--data={inputs["good"]}', f'--resume={state}'] + TINY + big + ['--duration=0.00125'], timeout=300)
+    assert code == 0, output
+    second, = [d for d in glob.glob(str(runs / '*')) if d != first]
+    with open(os.path.join(second, 'stats.jsonl')) as f:
+        ticks = [json.loads(line)['Progress/kimg']['mean'] for line in f]
+    assert ticks == [1.25] # one step of 250 images, not none
+
+#----------------------------------------------------------------------------
+# SIGTERM between two ticks of the same kimg: the early-stop snapshot and state get the exact
+# image count; the files of the tick before are kept as they were.
+
+def test_sigterm_between_ticks_replaces_nothing(inputs, tmp_path):
+    outdir = tmp_path / 'runs'
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={inputs["good"]}'] + TINY + [
+        '--batch=100', '--duration=10', '--tick=1', '--snap=1', '--dump=1', '--workers=1']
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120 # wait for tick 1's state (a generous bound, not a timing assertion)
+        while not glob.glob(str(outdir / '*' / 'training-state-000001.pt')) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stdout.read()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and 'Stopping early on request' in output, output
+    run_dir, = glob.glob(str(outdir / '*'))
+    assert load_training_state(os.path.join(run_dir, 'training-state-000001.pt'))['cur_nimg'] == 1100 # tick 1: 100 + 1000 images
+    last = sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt')), key=os.path.getmtime)[-1]
+    stopped_at = load_training_state(last)['cur_nimg']
+    if stopped_at // 1000 == 1: # the stop came before tick 2: the name that was taken gets the exact count
+        assert os.path.basename(last) == f'training-state-000001.{stopped_at % 1000:03d}.pt'
+        assert os.path.isfile(os.path.join(run_dir, f'network-snapshot-000001.{stopped_at % 1000:03d}.pkl'))
+    assert os.path.isfile(os.path.join(run_dir, 'network-snapshot-000001.pkl'))
+    # The exact-count state resumes like any other.
+    assert launch.resume_kwargs(last).resume_kimg == stopped_at / 1000
+
+#----------------------------------------------------------------------------
