@@ -168,8 +168,6 @@ def test_bad_input_is_one_clear_error(paths, case, message):
 # says so once they pass.
 
 PENDING = 'train.py/fine_tune.py do not yet turn an UnsafePickleError from --resume into a click error (issue 16, item 5)'
-PENDING_METRICS = ('--metrics-ref/--metrics-detector are read only after the first snapshot, where a refused file hangs the run; '
-    'they should be loaded (and refused) when the options are parsed, as --transfer is')
 
 HOSTILE_INPUTS = [
     ('generate --network={evil} --outdir={tmp}/out',                        'weights-only loader does not allow', None),
@@ -179,10 +177,10 @@ HOSTILE_INPUTS = [
     ('train --data={data} --outdir={tmp}/runs --transfer={evil} -n',       'weights-only loader does not allow', None),
     ('train --data={evil} --outdir={tmp}/runs -n',                          'must be a folder or a .zip file', None),
     ('train --data={data} --outdir={tmp}/runs --resume={evil_state} --batch=4 --cbase=16 --cres=1,2 --duration=0.000008', 'weights-only loader does not allow', PENDING),
-    ('train --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-ref={ref} --metrics-detector={evil} -n', '--metrics-detector', PENDING_METRICS),
-    ('train --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-detector=standin --metrics-ref={evil_npz} -n', '--metrics-ref', PENDING_METRICS),
-    ('fine_tune --network={net} --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-ref={ref} --metrics-detector={evil} -n', '--metrics-detector', PENDING_METRICS),
-    ('fine_tune --network={net} --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-detector=standin --metrics-ref={evil} -n', '--metrics-ref', PENDING_METRICS),
+    ('train --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-ref={ref} --metrics-detector={evil} -n', '--metrics-detector', None),
+    ('train --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-detector=standin --metrics-ref={evil_npz} -n', '--metrics-ref', None),
+    ('fine_tune --network={net} --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-ref={ref} --metrics-detector={evil} -n', '--metrics-detector', None),
+    ('fine_tune --network={net} --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-detector=standin --metrics-ref={evil} -n', '--metrics-ref', None),
     ('fid ref --data={data} --dest={tmp}/ref.npz --detector={evil}',       '--trust-code', None),
     ('fid ref --data={evil} --dest={tmp}/ref.npz --detector=standin',      'must be a folder or a .zip file', None),
     ('fid calc --images={data} --ref={ref} --num=2 --detector={evil}',     '--trust-code', None),
