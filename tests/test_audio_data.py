@@ -10,6 +10,7 @@ import torch
 
 from edm_spectral.audio import data as data_lib
 from edm_spectral.audio import model as model_lib
+from conftest import make_wav_corpus
 
 #----------------------------------------------------------------------------
 # Straightforward numpy version: explicit loops over frames and filters, no shared code.
@@ -94,17 +95,9 @@ def test_read_wav_scaling_and_errors(tmp_path):
 #----------------------------------------------------------------------------
 # LJSpeech layout: held-out split, missing files, mel cache, crops.
 
-def make_corpus(root, ids, seconds=0.5, rate=22050):
-    os.makedirs(os.path.join(root, 'wavs'), exist_ok=True)
-    t = np.arange(int(seconds * rate)) / rate
-    with open(os.path.join(root, 'metadata.csv'), 'w') as f:
-        for i, cid in enumerate(ids):
-            data_lib.write_wav(os.path.join(root, 'wavs', cid + '.wav'), 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t), rate)
-            f.write(f'{cid}|Text {i}.|Text {i}.\n')
-
 def test_corpus_split_cache_and_crops(tmp_path):
     root = str(tmp_path / 'lj')
-    make_corpus(root, ['LJ001-0001', 'LJ002-0003', 'LJ003-0001', 'LJ010-0002'])
+    make_wav_corpus(root, ['LJ001-0001', 'LJ002-0003', 'LJ003-0001', 'LJ010-0002'])
     assert [c[0] for c in data_lib.list_clips(root, 'heldout')] == ['LJ001-0001', 'LJ002-0003']
     assert [c[0] for c in data_lib.list_clips(root, 'train')] == ['LJ003-0001', 'LJ010-0002']
     assert len(data_lib.list_clips(root, 'all')) == 4
@@ -138,7 +131,7 @@ def test_corpus_split_cache_and_crops(tmp_path):
 
 def test_too_short_clip_names_the_file(tmp_path):
     root = str(tmp_path / 'lj')
-    make_corpus(root, ['LJ003-0001'], seconds=0.01)
+    make_wav_corpus(root, ['LJ003-0001'], seconds=0.01)
     corpus = data_lib.AudioCorpus(root, model_lib.make_params(), split='train')
     with pytest.raises(ValueError, match='LJ003-0001.wav.*too short'):
         corpus.mel(0)
