@@ -9,6 +9,7 @@ import torch
 
 import fine_tune
 from edm_spectral.checkpoints import load_training_state
+from training import snapshots
 
 # (write_released_snapshot is still imported from this module by test_sweep.py and
 # test_metrics_during_training.py, rather than from conftest.)
@@ -65,7 +66,7 @@ def test_fine_tune_end_to_end_and_resume(setup, cli):
     res = cli(fine_tune.main, [f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000008'] + FT_ARGS + spectral)
     run_dir, = only_run_dir(outdir)
     assert os.path.basename(run_dir) == '00000-ffhq-8x8-uncond-ddpmpp-edm-gpus1-batch4-fp32-ft-fourier-amp-phase-weighted'
-    assert sorted(os.listdir(run_dir)) == ['log.txt', 'network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.pt',
+    assert sorted(os.listdir(run_dir)) == ['log.txt', 'network-snapshot-000000.008.pkl', 'network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.008.pt',
         'training_options.json', 'weight-movement.json']
 
     with open(os.path.join(run_dir, 'training_options.json')) as f:
@@ -84,7 +85,7 @@ def test_fine_tune_end_to_end_and_resume(setup, cli):
         move = json.load(f)
     from edm_spectral.checkpoints import load_snapshot
     ref = load_snapshot(net)['ema'].state_dict()
-    new = load_snapshot(os.path.join(run_dir, 'network-snapshot-000000.pkl'))['ema'].state_dict()
+    new = load_snapshot(snapshots.latest_file(run_dir, 'network-snapshot', '.pkl'))['ema'].state_dict()
     diff = sum((new[k].double() - ref[k].double()).square().sum() for k in ref) ** 0.5
     norm = sum(ref[k].double().square().sum() for k in ref) ** 0.5
     assert move['relative_l2'] == pytest.approx((diff / norm).item(), rel=1e-9) and move['relative_l2'] > 0
@@ -94,12 +95,12 @@ def test_fine_tune_end_to_end_and_resume(setup, cli):
         assert 'relative L2 of the difference' in f.read()
 
     # Resume for two more steps == four uninterrupted steps, bitwise.
-    state = os.path.join(run_dir, 'training-state-000000.pt')
+    state = snapshots.latest_file(run_dir, 'training-state', '.pt')
     cli(fine_tune.main, [f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000016', f'--resume={state}', '--desc=resumed'] + FT_ARGS + spectral)
     cli(fine_tune.main, [f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000016', '--desc=straight'] + FT_ARGS + spectral)
     _, resumed, straight = only_run_dir(outdir)
-    a = load_training_state(os.path.join(resumed, 'training-state-000000.pt'))
-    b = load_training_state(os.path.join(straight, 'training-state-000000.pt'))
+    a = load_training_state(snapshots.latest_file(resumed, 'training-state', '.pt'))
+    b = load_training_state(snapshots.latest_file(straight, 'training-state', '.pt'))
     assert a['cur_nimg'] == b['cur_nimg'] == 16
     assert all(torch.equal(x, y) for x, y in zip(a['net'].state_dict().values(), b['net'].state_dict().values()))
     assert all(torch.equal(a['ema_state'][k], b['ema_state'][k]) for k in a['ema_state'])
@@ -113,9 +114,9 @@ def test_fine_tune_export_raw(setup, cli):
     cli(fine_tune.main, [f'--network={net}', f'--data={data}', f'--outdir={outdir}', '--duration=0.000008', '--export=raw', '--lr-rampup=0',
         '--ema=1', '--ema-rampup=none', '--preset=cifar10', '--augment=0'] + FT_ARGS) # --ema in Mimg, as train.py's
     run_dir, = only_run_dir(outdir)
-    state = load_training_state(os.path.join(run_dir, 'training-state-000000.pt'))
+    state = load_training_state(snapshots.latest_file(run_dir, 'training-state', '.pt'))
     from edm_spectral.checkpoints import load_snapshot
-    exported = load_snapshot(os.path.join(run_dir, 'network-snapshot-000000.pkl'))['ema']
+    exported = load_snapshot(snapshots.latest_file(run_dir, 'network-snapshot', '.pkl'))['ema']
     assert all(torch.equal(x, y) for x, y in zip(exported.state_dict().values(), state['net'].state_dict().values()))
     with open(os.path.join(run_dir, 'training_options.json')) as f:
         c = json.load(f)

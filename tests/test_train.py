@@ -17,7 +17,7 @@ import torch
 import dnnlib
 import train
 from edm_spectral.checkpoints import load_snapshot, load_training_state
-from training import launch, training_loop
+from training import launch, snapshots, training_loop
 
 # (make_dataset and loop_kwargs are still imported from this module by test_sweep.py,
 # test_metrics_during_training.py and test_train_stop_poll.py, rather than from conftest.)
@@ -74,10 +74,10 @@ def test_resume_is_bitwise_exact(tmp_path, data):
     common = dict(augment=0.5, batch_gpu=2, ema_halflife_kimg=0.01, lr_rampup_kimg=0.01) # dropout 0.1 draws from the RNG too
     full = training_loop.training_loop(**loop_kwargs(str(tmp_path / 'full'), data, total_kimg=0.02, **common))
     part = training_loop.training_loop(**loop_kwargs(str(tmp_path / 'part'), data, total_kimg=0.012, **common))
-    state_path = os.path.join(part.run_dir, 'training-state-000000.pt')
+    state_path = snapshots.latest_file(part.run_dir, 'training-state', '.pt')
     rest = training_loop.training_loop(**loop_kwargs(str(tmp_path / 'rest'), data, total_kimg=0.02, resume_state_dump=state_path, **common))
-    a = load_training_state(os.path.join(full.run_dir, 'training-state-000000.pt'))
-    b = load_training_state(os.path.join(rest.run_dir, 'training-state-000000.pt'))
+    a = load_training_state(snapshots.latest_file(full.run_dir, 'training-state', '.pt'))
+    b = load_training_state(snapshots.latest_file(rest.run_dir, 'training-state', '.pt'))
     p = load_training_state(state_path)
     assert (a['cur_nimg'], p['cur_nimg'], b['cur_nimg']) == (20, 12, 20)
     sa, sb, sp = a['net'].state_dict(), b['net'].state_dict(), p['net'].state_dict()
@@ -95,7 +95,8 @@ def test_snapshot_and_state_cadence(tmp_path, data):
     run_dir = str(tmp_path / 'run')
     training_loop.training_loop(**loop_kwargs(run_dir, data, total_kimg=0.004, kimg_per_tick=1, batch_size=2))
     # Two steps: tick 0 after step 1 (snapshot only), then done (snapshot + state).
-    assert sorted(os.listdir(run_dir)) == ['network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.pt']
+    # The final snapshot lands in the same kimg as tick 0's, so it takes the exact image count (issue 16).
+    assert sorted(os.listdir(run_dir)) == ['network-snapshot-000000.004.pkl', 'network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.004.pt']
     assert len(read_stats(run_dir)) == 2
 
 #----------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def test_stop_request_writes_final_state(tmp_path, data, monkeypatch):
     run_dir = str(tmp_path / 'run')
     result = training_loop.training_loop(**loop_kwargs(run_dir, data, total_kimg=1, state_dump_ticks=100, snapshot_ticks=100))
     assert result.cur_nimg == 8
-    assert load_training_state(os.path.join(run_dir, 'training-state-000000.pt'))['cur_nimg'] == 8
+    assert load_training_state(snapshots.latest_file(run_dir, 'training-state', '.pt'))['cur_nimg'] == 8
 
 #----------------------------------------------------------------------------
 # train.py end to end: dry run, run dir naming, options file, logs, snapshot loading and
@@ -130,7 +131,7 @@ def test_train_cli_end_to_end(tmp_path, labeled_data, cli):
     spectral = ['--spectral=wavelet', '--spectral-wavelet=bior1.3', '--spectral-weight=0.5', '--spectral-levels=2']
     cli(train.main, args + spectral)
     run_dir = os.path.join(outdir, '00000-tinycond-8x8-cond-ddpmpp-edm-gpus1-batch4-fp32')
-    assert sorted(os.listdir(run_dir)) == ['log.txt', 'network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.pt', 'training_options.json']
+    assert sorted(os.listdir(run_dir)) == ['log.txt', 'network-snapshot-000000.008.pkl', 'network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.008.pt', 'training_options.json']
     with open(os.path.join(run_dir, 'training_options.json')) as f:
         c = json.load(f)
     edm_keys = ['dataset_kwargs', 'data_loader_kwargs', 'network_kwargs', 'loss_kwargs', 'optimizer_kwargs', 'augment_kwargs',
@@ -156,7 +157,7 @@ def test_train_cli_end_to_end(tmp_path, labeled_data, cli):
     assert stats[-1]['Loss/spectral']['num'] == 4 # one L_S per sample
 
     # The snapshot: EDM's dict, loadable by plain pickle and by the safe loader; generate.py samples it.
-    snap_path = os.path.join(run_dir, 'network-snapshot-000000.pkl')
+    snap_path = snapshots.latest_file(run_dir, 'network-snapshot', '.pkl')
     with open(snap_path, 'rb') as f:
         raw = pickle.load(f)
     assert sorted(raw) == ['augment_pipe', 'dataset_kwargs', 'ema', 'loss_fn']
@@ -186,18 +187,19 @@ def test_train_cli_end_to_end(tmp_path, labeled_data, cli):
     with open(os.path.join(run_dir2, 'training_options.json')) as f:
         c2 = json.load(f)
     assert c2['resume_pkl'] == snap_path and c2['ema_rampup_ratio'] is None and 'resume_state_dump' not in c2
-    moved = load_snapshot(os.path.join(run_dir2, 'network-snapshot-000000.pkl'))['ema']
+    moved = load_snapshot(snapshots.latest_file(run_dir2, 'network-snapshot', '.pkl'))['ema']
     assert all(torch.equal(a, b) for a, b in zip(safe['ema'].state_dict().values(), moved.state_dict().values()))
 
-    # --resume: continues from the state's image count, in a new run dir.
-    state_path = os.path.join(run_dir, 'training-state-000000.pt')
+    # --resume: continues from the state's image count, in a new run dir, with the run's own
+    # spectral term (a resume that changes it is refused; tests/test_train_failures.py).
+    state_path = snapshots.latest_file(run_dir, 'training-state', '.pt')
     cli(train.main, [f'--outdir={outdir}', f'--data={labeled_data}', '--cond=1', f'--resume={state_path}', '--desc=more',
-        '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=4', '--duration=0.000016', '--tick=1', '--seed=3', '--dump=1'])
+        '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=4', '--duration=0.000016', '--tick=1', '--seed=3', '--dump=1'] + spectral)
     run_dir3 = os.path.join(outdir, '00002-tinycond-8x8-cond-ddpmpp-edm-gpus1-batch4-fp32-more')
     with open(os.path.join(run_dir3, 'training_options.json')) as f:
         c3 = json.load(f)
-    assert c3['resume_state_dump'] == state_path and c3['resume_kimg'] == 0 and c3['resume_pkl'] == snap_path
-    assert load_training_state(os.path.join(run_dir3, 'training-state-000000.pt'))['cur_nimg'] == 16
+    assert c3['resume_state_dump'] == state_path and c3['resume_kimg'] == pytest.approx(0.008) and c3['resume_pkl'] == snap_path
+    assert load_training_state(snapshots.latest_file(run_dir3, 'training-state', '.pt'))['cur_nimg'] == 16
     assert len(read_stats(run_dir3)) == 2 # 8 -> 16 images: tick 0 and the final tick
 
 #----------------------------------------------------------------------------
@@ -241,7 +243,7 @@ def test_parse_helpers():
     assert train.parse_int_list('1,2,5-7') == [1, 2, 5, 6, 7]
     from edm_spectral.cli import parse_ema_rampup
     assert parse_ema_rampup('none') == 'none' and parse_ema_rampup('0.1') == 0.1
-    assert launch.duration_to_kimg(200) == 200000 and launch.duration_to_kimg(0.0015) == 1 # EDM rounds down to whole kimg
+    assert launch.duration_to_kimg(200) == 200000 and launch.duration_to_kimg(0.0015) == 1.5 # exact: a resume must not cut the duration to whole kimg (issue 16)
     assert launch.duration_to_kimg(0.000008) == pytest.approx(0.008) # below 1 kimg: exact, for smoke tests
     assert launch.ema_to_kimg(0.5) == 500 and launch.ema_to_kimg(0.025) == 25 and launch.ema_to_kimg(0.0125) == 12 # EDM's int()
 
@@ -321,8 +323,8 @@ def train_deterministic_here(driver, run_dir, data):
 # total batch, up to float32 round-off.
 def test_ddp_gloo_matches_single_process(two_processes):
     train_deterministic_here(two_processes['driver'], str(two_processes['root'] / 'single'), two_processes['data'])
-    a = load_training_state(str(two_processes['root'] / 'ddp' / 'training-state-000000.pt'))
-    b = load_training_state(str(two_processes['root'] / 'single' / 'training-state-000000.pt'))
+    a = load_training_state(snapshots.latest_file(str(two_processes['root'] / 'ddp'), 'training-state', '.pt'))
+    b = load_training_state(snapshots.latest_file(str(two_processes['root'] / 'single'), 'training-state', '.pt'))
     assert a['world_size'] == 2 and b['world_size'] == 1 and a['cur_nimg'] == b['cur_nimg'] == 24
     assert len(a['rng_states']) == 2
     sa, sb = a['net'].state_dict(), b['net'].state_dict()
@@ -357,9 +359,9 @@ def test_sigterm_stops_cleanly(tmp_path, data):
     assert proc.returncode == 0, output
     assert 'Stopping early on request' in output and 'Exiting...' in output
     run_dir, = glob.glob(str(outdir / '*'))
-    state = load_training_state(os.path.join(run_dir, 'training-state-000000.pt'))
+    state = load_training_state(snapshots.latest_file(run_dir, 'training-state', '.pt'))
     assert 0 < state['cur_nimg'] < 10000000
-    assert os.path.isfile(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    assert os.path.isfile(snapshots.latest_file(run_dir, 'network-snapshot', '.pkl'))
 
 #----------------------------------------------------------------------------
 # train.py in the same two processes: the real stochastic loss with a spectral term, a random
@@ -372,7 +374,7 @@ def test_train_cli_torchrun_two_processes(two_processes):
     with open(os.path.join(run_dir, 'training_options.json')) as f:
         c = json.load(f)
     assert isinstance(c['seed'], int) and c['batch_gpu'] == 2
-    state = load_training_state(os.path.join(run_dir, 'training-state-000000.pt'))
+    state = load_training_state(snapshots.latest_file(run_dir, 'training-state', '.pt'))
     assert state['world_size'] == 2 and state['cur_nimg'] == 16
     assert not torch.equal(state['rng_states'][0]['torch'], state['rng_states'][1]['torch']) # per-rank streams
     assert read_stats(run_dir)[-1]['Loss/spectral']['num'] == 8 # both ranks' samples are collected

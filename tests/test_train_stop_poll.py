@@ -78,4 +78,4 @@ def test_ranks_poll_stop_requests_and_stop_together(tmp_path):
     assert [r['polls'] for r in results] == [3, 3]
     assert all(r['stopped'] for r in results)
     assert 'Stopping early on request' in outputs[0]
-    assert sorted(os.listdir(run_dir)) == ['network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.pt']
+    assert sorted(os.listdir(run_dir)) == ['network-snapshot-000000.016.pkl', 'network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.016.pt']

@@ -5,6 +5,7 @@ edm_spectral.checkpoints reads them (and EDM's) back."""
 import copy
 import os
 import pickle
+import re
 
 import torch
 
@@ -46,3 +47,15 @@ def save_snapshot(path, ema, loss_fn=None, augment_pipe=None, dataset_kwargs=Non
     write_snapshot(path, snapshot_contents(ema, loss_fn, augment_pipe, dataset_kwargs))
 
 #----------------------------------------------------------------------------
+
+# The newest of a run's files named by the training loop (network-snapshot-*.pkl,
+# training-state-*.pt): EDM's whole-kimg name comes first within its kimg, then the exact
+# image counts, then their -N repeats, so names are ordered by what they encode, not as text.
+def latest_file(run_dir, prefix, suffix):
+    pattern = re.compile(re.escape(prefix) + r'-(\d+)(?:\.(\d{3}))?(?:-(\d+))?' + re.escape(suffix) + '$')
+    found = []
+    for name in os.listdir(run_dir):
+        m = pattern.match(name)
+        if m:
+            found.append(((int(m.group(1)), -1 if m.group(2) is None else int(m.group(2)), int(m.group(3) or 0)), name))
+    return os.path.join(run_dir, max(found)[1]) if found else None

@@ -300,7 +300,7 @@ def _write_snapshot(run_dir, cur_nimg, network, loss_fn, augment_pipe, dataset_k
     return path
 
 # Training state: EDM's net + optimizer, plus what an exact resume needs (all ranks' RNG).
-def _write_training_state(run_dir, cur_nimg, net, optimizer, ema, progress, batch_size, rank, world_size, device):
+def _write_training_state(run_dir, cur_nimg, net, optimizer, ema, progress, batch_size, rank, world_size, device, snapshot_path=None):
     rng_states = [_get_rng_state(device)]
     if world_size > 1:
         gathered = [None] * world_size
@@ -309,18 +309,22 @@ def _write_training_state(run_dir, cur_nimg, net, optimizer, ema, progress, batc
     if rank == 0:
         state = dict(net=net, optimizer_state=optimizer.state_dict(), ema_state=ema.state_dict(), cur_nimg=progress['cur_nimg'],
             data_nimg=progress['data_nimg'], rng_states=rng_states, world_size=world_size, batch_size=batch_size)
-        snapshots.atomic_write(_unused_name(run_dir, 'training-state', cur_nimg, '.pt'), lambda f: torch.save(state, f))
+        # The state of a step that also wrote a snapshot takes the snapshot's tag (resume pairs them by name).
+        path = _unused_name(run_dir, 'training-state', cur_nimg, '.pt') if snapshot_path is None else \
+            os.path.join(run_dir, 'training-state-' + os.path.basename(snapshot_path)[len('network-snapshot-'):-len('.pkl')] + '.pt')
+        snapshots.atomic_write(path, lambda f: torch.save(state, f))
 
 # A file name of EDM's, by whole kimg; when that name is taken (a stop or a short tick in the
 # same kimg, an earlier run in the same folder), the exact image count, so that no file ever
 # replaces another: network-snapshot-000002.pkl, then network-snapshot-000002.600.pkl.
+# A tag is free when neither a snapshot nor a state has it.
 def _unused_name(run_dir, prefix, cur_nimg, suffix):
     kimg = f'{cur_nimg // 1000:06d}'
     exact = f'{kimg}.{cur_nimg % 1000:03d}'
     for tag in itertools.chain([kimg, exact], (f'{exact}-{n}' for n in itertools.count(1))):
-        path = os.path.join(run_dir, f'{prefix}-{tag}{suffix}')
-        if not os.path.exists(path):
-            return path
+        taken = [os.path.join(run_dir, f'{kind}-{tag}{ext}') for kind, ext in (('network-snapshot', '.pkl'), ('training-state', '.pt'))]
+        if not any(os.path.exists(other) for other in taken):
+            return os.path.join(run_dir, f'{prefix}-{tag}{suffix}')
 
 # Whether a tick writes a file that is due every `every` ticks (None = never) and at the end.
 def _due(tick, every, done):
@@ -495,6 +499,7 @@ def training_loop(
 
             # Snapshot and training state (EDM: a snapshot at tick 0 too, a state never there).
             kimg = cur_nimg // 1000
+            written = None
             if _due(tick.index, snapshot_ticks, done):
                 exported = speedups.exact_copy(net) if export_net == 'raw' else ema
                 written = _write_snapshot(run_dir, cur_nimg, exported, loss_fn, augment_pipe, dataset_kwargs, rank, world_size, grid_seeds, device)
@@ -502,7 +507,7 @@ def training_loop(
                 if snapshot_callback is not None:
                     snapshot_callback(snapshot_pkl=written, net=copy.deepcopy(exported).eval().requires_grad_(False), cur_nimg=cur_nimg, device=device)
             if tick.index != 0 and _due(tick.index, state_dump_ticks, done):
-                _write_training_state(run_dir, cur_nimg, net, optimizer, ema, progress, batch_size, rank, world_size, device)
+                _write_training_state(run_dir, cur_nimg, net, optimizer, ema, progress, batch_size, rank, world_size, device, snapshot_path=written)
 
             # One line of statistics per tick (rank 0), then the next tick.
             training_stats.default_collector.update()
