@@ -8,7 +8,6 @@ differences per training seed."""
 
 import contextlib
 import copy
-import glob
 import json
 import os
 import re
@@ -237,7 +236,7 @@ def _format_seconds(seconds):
 # path of the final snapshot.
 
 def train_ddpm(run_dir, data_dir, cfg, spectral_kwargs, seed, device):
-    from training import launch, training_loop
+    from training import launch, snapshots, training_loop
     network_kwargs = dnnlib.EasyDict(class_name='training.networks.VPPrecond',
         **launch.small_ddpmpp(model_channels=cfg.model_channels, channel_mult=cfg.channel_mult, dropout=0.0))
     loss_kwargs = dnnlib.EasyDict(class_name='training.loss.DDPMLoss', spectral_kwargs=spectral_kwargs)
@@ -262,7 +261,7 @@ def train_ddpm(run_dir, data_dir, cfg, spectral_kwargs, seed, device):
         cudnn_benchmark     = True,
         device              = device,
     )
-    return sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl')))[-1]
+    return snapshots.latest_file(run_dir, 'network-snapshot', '.pkl')
 
 #----------------------------------------------------------------------------
 # Sample a trained model with deterministic DDIM (the ablation sampler's Euler/VP setting),
