@@ -26,16 +26,19 @@ VARIANTS = {
 
 #----------------------------------------------------------------------------
 # Network configurations: the released DDPM++ (CIFAR-10 at 32, the paper's
-# cres 1,2,2,2 at 64), or a reduced DDPM++ that runs in minutes on a CPU.
+# cres 1,2,2,2 at 64), or a reduced DDPM++ that runs in minutes on a CPU (cbase channels,
+# 32 unless given; cbase does not change the released one).
 
-def network_kwargs(resolution, full):
+def network_kwargs(resolution, full, cbase=None):
     if not full:
-        return launch.small_ddpmpp(attn_resolutions=[16], dropout=0.13)
+        return launch.small_ddpmpp(**(dict(model_channels=cbase) if cbase else {}), attn_resolutions=[16], dropout=0.13)
     return dict(launch.ARCHS['ddpmpp'], channel_mult=[2,2,2] if resolution <= 32 else [1,2,2,2], num_blocks=4, attn_resolutions=[16], dropout=0.13)
 
 #----------------------------------------------------------------------------
-# Wall-clock seconds of fn(), with the device synchronised on both ends.
+# The timing, device and output helpers of every bench here (this one, bench_loop.py and
+# gpucheck.py): one clock, one round-robin, one way to pick the device and to write JSON.
 
+# Wall-clock seconds of fn(), with the device synchronised on both ends.
 def _timed(fn, device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -45,17 +48,70 @@ def _timed(fn, device):
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
 
+# The functions timed round-robin, the order rotating each repetition so that slow drifts of
+# the machine hit all alike; per name the seconds of each timed repetition (after warmup).
+def interleaved_times(fns, iters, warmup, device):
+    device = torch.device(device)
+    names = list(fns)
+    times = {name: [] for name in names}
+    for rep in range(warmup + iters):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            t = _timed(fns[name], device)
+            if rep >= warmup:
+                times[name].append(t)
+    return times
+
+# The --device option: cuda when there is one, else the CPU; a click error for a bad value.
+def pick_device(device):
+    if device is None:
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise click.ClickException(f'Invalid --device {device!r}: {e}')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise click.ClickException('--device=cuda requested but CUDA is not available')
+    return device
+
+# What the reports call the machine: the GPU's name, or the CPU's model.
+def device_name(device):
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+# The machine's load when the bench ran (1, 5 and 15 minute averages), where the OS tells it.
+def load_average():
+    try:
+        return list(os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+def write_json(data, out):
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, 'w') as f:
+        json.dump(data, f, indent=2, default=str)
+    click.echo(f'Wrote {out}')
+
 #----------------------------------------------------------------------------
 # Benchmark one resolution: every variant's full training step and the
 # spectral term alone, interleaved round-robin so drifts hit all alike.
 
-def bench_resolution(resolution, batch, iters, warmup, full, device, seed=0):
+def bench_resolution(resolution, batch, iters, warmup, full, device, seed=0, cbase=None):
     from training.loss import EDMLoss
     from training.networks import EDMPrecond
     from training.spectral_loss import SpectralLoss
 
     torch.manual_seed(seed)
-    net = EDMPrecond(img_resolution=resolution, img_channels=3, **network_kwargs(resolution, full)).to(device).train()
+    net = EDMPrecond(img_resolution=resolution, img_channels=3, **network_kwargs(resolution, full, cbase)).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-8)
     images = torch.rand([batch, 3, resolution, resolution], device=device) * 2 - 1
     losses = {name: EDMLoss(spectral_kwargs=kw) for name, kw in VARIANTS.items()}
@@ -72,19 +128,11 @@ def bench_resolution(resolution, batch, iters, warmup, full, device, seed=0):
         pred.grad = None
         spectral(pred, images).sum().backward()
 
-    times = {name: [] for name in losses}
-    term_times = {name: [] for name in terms}
     names = list(losses)
-    for rep in range(warmup + iters):
-        order = names[rep % len(names):] + names[:rep % len(names)] # Rotate the order each repetition.
-        for name in order:
-            t = _timed(lambda: step(losses[name]), device)
-            if rep >= warmup:
-                times[name].append(t)
-        for name in terms:
-            t = _timed(lambda: term_only(terms[name]), device)
-            if rep >= warmup:
-                term_times[name].append(t)
+    fns = {name: (lambda loss_fn=loss_fn: step(loss_fn)) for name, loss_fn in losses.items()}
+    fns.update({('term', name): (lambda spectral=spectral: term_only(spectral)) for name, spectral in terms.items()})
+    times = interleaved_times(fns, iters, warmup, device)
+    term_times = {name: times[('term', name)] for name in terms}
 
     # Ratios are paired: each repetition's time over the plain step's time in
     # the same repetition (taken moments apart), then the median; this cancels
@@ -118,11 +166,12 @@ def _check_resolutions(ctx, param, values):
 @click.option('--warmup',       help='Untimed repetitions first', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
 @click.option('--preset',       help='Network size: reduced (CPU-friendly) or full (the released DDPM++)', type=click.Choice(['reduced', 'full']), default='reduced', show_default=True)
 @click.option('--full',         help='Deprecated spelling of --preset=full', is_flag=True, hidden=True)
+@click.option('--cbase',        help='Channels of the reduced DDPM++  [default: 32]', metavar='INT', type=click.IntRange(min=1), default=None)
 @click.option('--threads',      help='CPU threads for torch  [default: torch\'s choice]', metavar='INT', type=click.IntRange(min=1), default=None)
 @click.option('--out',          help='Where to write the JSON results  [default: bench-spectral.json, with --loop bench-loop.json]', metavar='JSON', type=str, default=None)
 @click.option('--loop',         help='Bench the training loop instead: EDM per-parameter loop vs ours, fast paths, sampling (edm_spectral/bench_loop.py)', is_flag=True)
 @click.option('--compile',      help='With --loop: also time torch.compile with this backend', type=click.Choice(['none', 'eager', 'inductor']), default='none', show_default=True)
-def main(device, resolutions, batch, iters, warmup, preset, full, threads, out, loop, compile):
+def main(device, resolutions, batch, iters, warmup, preset, full, cbase, threads, out, loop, compile):
     """Time a training step (EDMPrecond + DDPM++, EDMLoss, forward, backward,
     Adam) with each spectral regularizer against none, in one process with
     interleaved repetitions, and the spectral term alone (forward + backward).
@@ -131,17 +180,12 @@ def main(device, resolutions, batch, iters, warmup, preset, full, threads, out, 
     Examples:
     python -m edm_spectral.bench                          # reduced net, CPU-friendly
     python -m edm_spectral.bench --device=cuda --preset=full --iters=50
-    python -m edm_spectral.bench --loop --resolutions=32    # lean loop and fast paths
+    python -m edm_spectral.bench --loop --resolutions=32 --cbase=64   # lean loop, fast paths, sampling
     """
     full = full or preset == 'full'
-    if device is None:
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise click.ClickException(f'Invalid --device {device!r}: {e}')
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise click.ClickException('--device=cuda requested but CUDA is not available')
+    if full and cbase is not None:
+        raise click.ClickException('--cbase sets the reduced DDPM++; the released one (--preset=full) has its own widths')
+    device = pick_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
     if device.type == 'cuda':
@@ -150,16 +194,16 @@ def main(device, resolutions, batch, iters, warmup, preset, full, threads, out, 
         torch.backends.cudnn.allow_tf32 = False
     if loop:
         from edm_spectral import bench_loop # Lazy: the spectral bench does not need it.
-        bench_loop.run(device, resolutions, batch, iters, warmup, full, None if compile == 'none' else compile, 'bench-loop.json' if out is None else out)
+        bench_loop.run(device, resolutions, batch, iters, warmup, full, None if compile == 'none' else compile, 'bench-loop.json' if out is None else out, cbase=cbase)
         return
     out = 'bench-spectral.json' if out is None else out
 
-    results = dict(device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
+    results = dict(device=str(device), device_name=device_name(device),
         torch=torch.__version__, ptwt=importlib.metadata.version('ptwt'), threads=torch.get_num_threads(), full=full, warmup=warmup, results=[])
     click.echo(f'torch {results["torch"]}, {results["threads"]} thread(s); the wavelet terms are computed by ptwt {results["ptwt"]}')
     for res in resolutions:
         click.echo(f'Resolution {res}x{res}, batch {batch}, {"full" if full else "reduced"} DDPM++ on {device}...')
-        r = bench_resolution(res, batch, iters, warmup, full, device)
+        r = bench_resolution(res, batch, iters, warmup, full, device, cbase=cbase)
         results['results'].append(r)
         click.echo(f'  {r["num_params"] / 1e6:.2f}M parameters; medians of {iters} repetitions; ratio = median of paired ratios to "none"')
         click.echo(f'  {"variant":<20s} {"step ms":>9s} {"min ms":>9s} {"ratio":>7s} {"min ratio":>9s} {"term ms":>9s} {"term/step":>10s}')
@@ -167,10 +211,7 @@ def main(device, resolutions, batch, iters, warmup, preset, full, threads, out, 
             term = f'{row["term_ms"]:9.2f} {100 * row["term_fraction"]:9.2f}%' if 'term_ms' in row else f'{"-":>9s} {"-":>10s}'
             click.echo(f'  {row["variant"]:<20s} {row["step_ms"]:9.2f} {row["step_min_ms"]:9.2f} {row["ratio"]:7.3f} {row["ratio_of_min"]:9.3f} {term}')
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, 'w') as f:
-            json.dump(results, f, indent=2)
-        click.echo(f'Wrote {out}')
+        write_json(results, out)
 
 #----------------------------------------------------------------------------
 

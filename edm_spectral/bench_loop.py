@@ -11,10 +11,10 @@ and batch in one process, each comparison timed alternately so that load drifts 
 - peak memory per step of each (CUDA max-allocated, or the process' peak RSS on the CPU)."""
 
 import statistics
-import time
 
 import torch
 
+from edm_spectral import bench as spectral_bench
 from torch_utils import memory
 from training import fast_paths
 from training import multi_tensor
@@ -85,6 +85,31 @@ class Trainer:
         return loss
 
 #----------------------------------------------------------------------------
+# Trainers in lockstep for comparing their bits: each step draws the same sigma, noise and
+# dropout on every side (the global seed), then corrupt(gradients) may plant non-finite
+# values before the update.
+
+def steps_in_lockstep(trainers, steps, corrupt=None):
+    for step in range(steps):
+        for trainer in trainers:
+            torch.manual_seed(100 + step)
+            trainer.forward_backward()
+            if corrupt is not None:
+                corrupt([p.grad for p in trainer.net.parameters()])
+            trainer.update()
+
+# Training on one fixed objective (the same batch, sigma and noise every step, no dropout,
+# whose masks are drawn in memory order and so differ with the layout): the loss falls when
+# a path trains. Returns the trainer and the losses.
+def train_fixed_draw(net_kwargs, resolution, batch, device, fast=None, steps=6, lr=3e-3, loss_kwargs={}):
+    trainer = Trainer(dict(net_kwargs, dropout=0), resolution, batch, device, fast=fast, lr=lr, loss_kwargs=loss_kwargs)
+    losses = []
+    for _ in range(steps):
+        torch.manual_seed(7)
+        losses.append(float(trainer.step().mean()))
+    return trainer, losses
+
+#----------------------------------------------------------------------------
 # Operator calls made by fn(), from the profiler: 'calls' counts the aten operators called from
 # Python (an operator inside another is part of it: a foreach call is one call on any device,
 # though on the CPU torch runs it as a loop of per-tensor operators, counted in 'nested').
@@ -105,35 +130,18 @@ def count_operator_calls(fn):
             nested += 1
     return dict(calls=calls, nested=nested)
 
-# Wall-clock seconds of fn(), the device synchronised on both ends.
-def _timed(fn, device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
 # Peak memory of one call of fn() in GiB (see torch_utils/memory.py).
 def _peak_of(fn, device):
     memory.reset_peak(device)
     fn()
     return memory.peak_gb(device)
 
-# Time the functions round-robin (the order rotating each repetition); per name the median ms,
-# and per name the median of its paired ratio to the first name (time of first / time of name:
-# above 1 means faster than the first).
+# Time the functions round-robin (edm_spectral/bench.py's clock and rotation); per name the
+# median ms, and the median of its paired ratio to the first name (time of first / time of
+# name, both from the same repetition: above 1 means faster than the first).
 def _interleaved(fns, iters, warmup, device):
-    names = list(fns)
-    times = {name: [] for name in names}
-    for rep in range(warmup + iters):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            t = _timed(fns[name], device)
-            if rep >= warmup:
-                times[name].append(t)
-    base = times[names[0]]
+    times = spectral_bench.interleaved_times(fns, iters, warmup, device)
+    base = times[next(iter(fns))]
     return {name: dict(ms=statistics.median(ts) * 1e3, min_ms=min(ts) * 1e3,
         speedup=statistics.median(b / t for b, t in zip(base, ts))) for name, ts in times.items()}
 
@@ -187,7 +195,7 @@ def bench_fast_paths(net_kwargs, resolution, batch, iters, warmup, device, compi
             trainers[name] = Trainer(net_kwargs, resolution, batch, device, fast=options)
     first_step = {}
     for name, trainer in trainers.items(): # compilation happens here, outside the timing
-        first_step[name] = _timed(trainer.step, device)
+        first_step[name] = spectral_bench.interleaved_times(dict(first=trainer.step), 1, 0, device)['first'][0]
     rows = _interleaved({name: trainer.step for name, trainer in trainers.items()}, iters, warmup, device)
     for name, trainer in trainers.items():
         rows[name]['peak_gb'] = _peak_of(trainer.step, device)
@@ -198,23 +206,41 @@ def bench_fast_paths(net_kwargs, resolution, batch, iters, warmup, device, compi
 #----------------------------------------------------------------------------
 # Sampling: the default sampler (generate.py's) on the exact network and on its fast forms.
 
-def bench_sampling(net_kwargs, resolution, num_images, iters, warmup, device, num_steps=18):
-    from training.sampling import generate_images
-    device = torch.device(device)
-    torch.manual_seed(0)
-    exact = EDMPrecond(img_resolution=resolution, img_channels=3, **net_kwargs).to(device).eval().requires_grad_(False)
-    with torch.no_grad(): # trained-looking weights: the zero-initialized output layers would hide all differences
-        for param in exact.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
-    forms = dict(exact=exact)
-    for name, options in [('channels_last', dict(channels_last=True)), ('fused_attention', dict(fused_attention=True)),
-            ('amp', dict(amp='bf16')), ('all', dict(channels_last=True, fused_attention=True, amp='bf16'))]:
+# Weights that look trained: a fresh network's output layers are zero-initialized, so its
+# output does not depend on the rest and would hide every difference between the forms.
+@torch.no_grad()
+def perturb_weights(net, scale=0.02, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    for param in net.parameters():
+        param.add_(torch.randn(param.shape, generator=generator).to(param.device) * scale)
+    return net
+
+def sampling_network(net_kwargs, resolution, device, seed=0):
+    torch.manual_seed(seed)
+    net = EDMPrecond(img_resolution=resolution, img_channels=3, **net_kwargs).eval().requires_grad_(False)
+    return perturb_weights(net, seed=seed).to(device)
+
+# The fast forms of the network for sampling (new copies: the exact network stays as it is);
+# those the device lacks are left out.
+SAMPLING_FORMS = dict(channels_last=dict(channels_last=True), fused_attention=dict(fused_attention=True),
+    amp=dict(amp='bf16'), all=dict(channels_last=True, fused_attention=True, amp='bf16'))
+
+def sampling_forms(exact, device):
+    forms = {}
+    for name, options in SAMPLING_FORMS.items():
         try:
             options = fast_paths.check_fast_paths(options, device)
         except (RuntimeError, ValueError):
             continue
         net = fast_paths.prepare_network(fast_paths.exact_copy(exact), options)
         forms[name] = fast_paths.denoiser(net, options, device)
+    return forms
+
+def bench_sampling(net_kwargs, resolution, num_images, iters, warmup, device, num_steps=18):
+    from training.sampling import generate_images
+    device = torch.device(device)
+    exact = sampling_network(net_kwargs, resolution, device)
+    forms = dict(exact=exact, **sampling_forms(exact, device))
     seeds = list(range(num_images))
     run = lambda net: generate_images(net, seeds, device, max_batch_size=num_images, num_steps=num_steps)
     outputs = {name: run(net) for name, net in forms.items()}
@@ -255,28 +281,25 @@ def format_results(lean=None, fast=None, sampling=None):
 #----------------------------------------------------------------------------
 # python -m edm_spectral.bench --loop: every part per resolution, printed and written as JSON.
 
-def run(device, resolutions, batch, iters, warmup, full, compile_backend=None, out='bench-loop.json', sample_images=None):
-    import json
-    import os
-    import platform
+def run(device, resolutions, batch, iters, warmup, full, compile_backend=None, out='bench-loop.json', sample_images=None, cbase=None):
     import click
-    from edm_spectral.bench import network_kwargs
-    results = dict(device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
-        torch=torch.__version__, threads=torch.get_num_threads(), full=full, warmup=warmup, results=[])
-    click.echo(f'torch {results["torch"]}, {results["threads"]} thread(s), {device}')
+    device = torch.device(device)
+    results = dict(device=str(device), device_name=spectral_bench.device_name(device), torch=torch.__version__,
+        threads=torch.get_num_threads(), full=full, cbase=cbase, warmup=warmup, load_before=spectral_bench.load_average(), results=[])
+    click.echo(f'torch {results["torch"]}, {results["threads"]} thread(s), {device} ({results["device_name"]}), load average {results["load_before"]}')
     for resolution in resolutions:
-        kwargs = network_kwargs(resolution, full)
-        click.echo(f'Resolution {resolution}x{resolution}, batch {batch}, {"full" if full else "reduced"} DDPM++...')
+        kwargs = spectral_bench.network_kwargs(resolution, full, cbase)
+        click.echo(f'Resolution {resolution}x{resolution}, batch {batch}, {"full" if full else "reduced"} DDPM++ '
+            f'({kwargs["model_channels"]} channels, channel_mult {kwargs["channel_mult"]})...')
         part = dict(lean=bench_lean(kwargs, resolution, batch, iters, warmup, device))
         part['fast'] = bench_fast_paths(kwargs, resolution, batch, iters, warmup, device, compile_backend)
         part['sampling'] = bench_sampling(kwargs, resolution, sample_images or batch, max(iters // 2, 1), min(warmup, 1), device)
         click.echo(format_results(**part))
         results['results'].append(dict(resolution=resolution, **part))
+    results['load_after'] = spectral_bench.load_average()
+    click.echo(f'load average after: {results["load_after"]}')
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, 'w') as f:
-            json.dump(results, f, indent=2)
-        click.echo(f'Wrote {out}')
+        spectral_bench.write_json(results, out)
     return results
 
 #----------------------------------------------------------------------------

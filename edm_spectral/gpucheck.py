@@ -12,7 +12,6 @@ is what the test suite runs."""
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import traceback
 import click
 import torch
 
+from edm_spectral import bench as spectral_bench
 from edm_spectral import bench_loop
 
 # A DDPM++ small enough for the CPU part of the test suite.
@@ -35,11 +35,10 @@ NO_CUDA = 'no CUDA: skipped (runs on a CUDA machine)'
 # The sizes of one run: the released configurations on CUDA, toy ones elsewhere (or asked).
 
 def plan(device, toy):
-    from edm_spectral.bench import network_kwargs
     if toy or device.type != 'cuda':
         return dict(toy=True, train_res=8, train_net=TOY_NETWORK, train_batch=2, iters=1, warmup=0,
             spectral_res=16, spectral_full=False, spectral_batch=2, sample_images=2, sample_steps=2)
-    return dict(toy=False, train_res=32, train_net=network_kwargs(32, True), train_batch=32, iters=10, warmup=2,
+    return dict(toy=False, train_res=32, train_net=spectral_bench.network_kwargs(32, True), train_batch=32, iters=10, warmup=2,
         spectral_res=64, spectral_full=True, spectral_batch=16, sample_images=64, sample_steps=18)
 
 #----------------------------------------------------------------------------
@@ -54,12 +53,9 @@ def check_lean_bits(device, sizes):
     kwargs = dict(net_kwargs=TOY_NETWORK, resolution=8, batch=4, device=device, lr=1e-2, ema_beta=0.9)
     trainers = dict(ours=bench_loop.Trainer(**kwargs), per_parameter=bench_loop.Trainer(**kwargs, per_parameter=True),
         torch_default=bench_loop.Trainer(**kwargs, per_parameter=True, adam_kwargs=dict(foreach=None)))
-    for step in range(5):
-        for trainer in trainers.values():
-            torch.manual_seed(100 + step)
-            trainer.forward_backward()
-            next(trainer.net.parameters()).grad.view(-1)[0] = float('nan')
-            trainer.update()
+    def plant_nan(grads):
+        grads[0].view(-1)[0] = float('nan')
+    bench_loop.steps_in_lockstep(trainers.values(), 5, plant_nan)
     result = {name: dict(net=_same_state(trainers['ours'].net, trainer.net), ema=_same_state(trainers['ours'].ema, trainer.ema))
         for name, trainer in trainers.items() if name != 'ours'}
     identical = all(all(r.values()) for r in result.values())
@@ -77,13 +73,7 @@ def check_fp16_loss_scaling(device, sizes, workdir):
 def check_bf16(device, sizes):
     if device.type != 'cuda':
         return dict(status='skipped', note=NO_CUDA)
-    losses = {}
-    for name, fast in [('exact', None), ('bf16', dict(amp='bf16'))]:
-        trainer = bench_loop.Trainer(dict(TOY_NETWORK, dropout=0), 8, 4, device, fast=fast, lr=3e-3)
-        losses[name] = []
-        for _ in range(6):
-            torch.manual_seed(7)
-            losses[name].append(float(trainer.step().mean()))
+    losses = {name: bench_loop.train_fixed_draw(TOY_NETWORK, 8, 4, device, fast=fast)[1] for name, fast in [('exact', None), ('bf16', dict(amp='bf16'))]}
     falls = losses['bf16'][-1] < 0.9 * losses['bf16'][0]
     close = abs(losses['bf16'][-1] - losses['exact'][-1]) <= 0.05 * losses['exact'][-1]
     return dict(status='pass' if falls and close else 'fail', losses=losses)
@@ -111,13 +101,8 @@ def check_torchrun_nccl(device, sizes, workdir):
 def check_generate_determinism(device, sizes):
     if device.type != 'cuda':
         return dict(status='skipped', note=NO_CUDA)
-    from training.networks import EDMPrecond
     from training.sampling import generate_images
-    torch.manual_seed(0)
-    net = EDMPrecond(img_resolution=16, img_channels=3, **dict(TOY_NETWORK, attn_resolutions=[8])).to(device).eval().requires_grad_(False)
-    with torch.no_grad(): # trained-looking weights: the zero-initialized output layers would hide differences
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+    net = bench_loop.sampling_network(dict(TOY_NETWORK, attn_resolutions=[8]), 16, device) # trained-looking weights
     seeds = list(range(8))
     runs = {batch: generate_images(net, seeds, device, max_batch_size=batch, num_steps=8) for batch in (8, 3, 1)}
     again = generate_images(net, seeds, device, max_batch_size=8, num_steps=8)
@@ -157,8 +142,7 @@ def _tiny_run(device, workdir, name, network_overrides, **overrides):
 # The benches, at the sizes of the plan.
 
 def bench_spectral(device, sizes):
-    from edm_spectral.bench import bench_resolution
-    result = bench_resolution(sizes['spectral_res'], sizes['spectral_batch'], max(sizes['iters'], 1), sizes['warmup'], sizes['spectral_full'], device)
+    result = spectral_bench.bench_resolution(sizes['spectral_res'], sizes['spectral_batch'], max(sizes['iters'], 1), sizes['warmup'], sizes['spectral_full'], device)
     for row in result['rows']:
         row.pop('times_ms', None)
     return dict(status='pass', **result)
@@ -187,7 +171,7 @@ def run_checks(device, toy=False, compile_backend=None, workdir=None):
         ('spectral_bench',         lambda: bench_spectral(device, sizes)),
         ('speed_bench',            lambda: bench_speed(device, sizes, compile_backend)),
     ]
-    report = dict(device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
+    report = dict(device=str(device), device_name=spectral_bench.device_name(device), load_before=spectral_bench.load_average(),
         torch=torch.__version__, cuda=torch.version.cuda, gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0,
         threads=torch.get_num_threads(), sizes={k: v for k, v in sizes.items() if k not in ('train_net',)}, checks={})
     start = time.time()
@@ -205,6 +189,7 @@ def run_checks(device, toy=False, compile_backend=None, workdir=None):
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     report['seconds'] = round(time.time() - start, 1)
+    report['load_after'] = spectral_bench.load_average()
     return report
 
 #----------------------------------------------------------------------------
@@ -235,8 +220,7 @@ def format_markdown(report):
 def write_reports(report, outdir):
     os.makedirs(outdir, exist_ok=True)
     json_path, md_path = os.path.join(outdir, 'gpucheck.json'), os.path.join(outdir, 'gpucheck.md')
-    with open(json_path, 'w') as f:
-        json.dump(report, f, indent=2, default=str)
+    spectral_bench.write_json(report, json_path)
     with open(md_path, 'w') as f:
         f.write(format_markdown(report))
     return json_path, md_path
@@ -258,14 +242,7 @@ def main(device, out, toy, no_compile):
     make gpu-check
     python -m edm_spectral.gpucheck --out=out/gpucheck
     """
-    if device is None:
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    try:
-        device = torch.device(device)
-    except RuntimeError as err:
-        raise click.ClickException(f'Invalid --device {device!r}: {err}')
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise click.ClickException('--device=cuda requested but CUDA is not available')
+    device = spectral_bench.pick_device(device)
     if device.type != 'cuda':
         click.echo(f'{NO_CUDA.split(":")[0]} on this machine: the CUDA checks are skipped, the benches run at toy size.')
     compile_backend = None

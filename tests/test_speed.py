@@ -11,14 +11,14 @@ import torch
 
 from conftest import loop_kwargs, read_stats
 from edm_spectral import bench_loop
+from edm_spectral import gpucheck
 from torch_utils import training_stats
 from training import fast_paths
 from training import multi_tensor
 from training import networks
 from training import training_loop
 
-TOY = dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
-    channel_mult_noise=1, resample_filter=[1,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4], dropout=0.1)
+TOY = gpucheck.TOY_NETWORK # a DDPM++ of 16 channels, attention at 4x4, dropout
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -36,16 +36,12 @@ def _states_equal(a, b):
 
 def test_lean_step_matches_per_parameter_loop():
     trainers = [bench_loop.Trainer(TOY, 8, 4, 'cpu', per_parameter=per_parameter, lr=1e-2, ema_beta=0.9) for per_parameter in (True, False)]
-    for step in range(5):
-        for trainer in trainers:
-            torch.manual_seed(100 + step) # the same sigma, noise and dropout on both sides
-            trainer.forward_backward()
-            grads = [p.grad for p in trainer.net.parameters()]
-            grads[3].view(-1)[0] = float('nan')
-            grads[5].view(-1)[1] = float('inf')
-            grads[7].view(-1)[2] = -float('inf')
-            grads[9].view(-1)[0] = 3e38 # finite: kept as it is
-            trainer.update()
+    def corrupt(grads):
+        grads[3].view(-1)[0] = float('nan')
+        grads[5].view(-1)[1] = float('inf')
+        grads[7].view(-1)[2] = -float('inf')
+        grads[9].view(-1)[0] = 3e38 # finite: kept as it is
+    bench_loop.steps_in_lockstep(trainers, 5, corrupt) # the same sigma, noise and dropout on both sides
     edm, ours = trainers
     assert _states_equal(edm.net, ours.net)
     assert _states_equal(edm.ema, ours.ema)
@@ -109,12 +105,7 @@ def test_operator_calls_per_step():
 
 # Without dropout: its masks are drawn in memory order, so a layout change drops other elements.
 def _train(fast, steps=6, loss_kwargs={}):
-    trainer = bench_loop.Trainer(dict(TOY, dropout=0), 8, 4, 'cpu', fast=fast, lr=3e-3, loss_kwargs=loss_kwargs)
-    losses = []
-    for _ in range(steps):
-        torch.manual_seed(7) # the same sigma and noise every step: the objective is fixed
-        losses.append(float(trainer.step().mean()))
-    return trainer, losses
+    return bench_loop.train_fixed_draw(TOY, 8, 4, 'cpu', fast=fast, steps=steps, loss_kwargs=loss_kwargs)
 
 @pytest.mark.parametrize('name,options,tolerance,weight_tolerance', [
     ('amp', dict(amp='bf16'), 5e-2, 0.5),
@@ -212,11 +203,33 @@ def test_bench_loop_toy():
     assert 'fewer operator calls' in text and 'speed-up' in text and 'images/s' in text
 
 #----------------------------------------------------------------------------
+# Sampling: the fast forms are copies (the exact network, and with it the default sampler's
+# images, stay as they were), and on the bench's trained-looking weights they do show their
+# differences (a fresh network's zero-initialized output layers would hide them all).
+
+def test_sampling_forms_leave_the_exact_network_alone():
+    from training.sampling import generate_images
+    seeds = [0, 1, 2]
+    fresh = bench_loop.Trainer(TOY, 8, 1, 'cpu').net.eval().requires_grad_(False)
+    assert torch.equal(generate_images(bench_loop.sampling_forms(fresh, 'cpu')['amp'], seeds, num_steps=3),
+        generate_images(fresh, seeds, num_steps=3)) # bf16 or not: the same images
+    exact = bench_loop.sampling_network(TOY, 8, 'cpu')
+    before = generate_images(exact, seeds, num_steps=3)
+    forms = bench_loop.sampling_forms(exact, 'cpu')
+    assert set(forms) == set(bench_loop.SAMPLING_FORMS)
+    assert torch.equal(generate_images(exact, seeds, num_steps=3), before) # and in any batch size
+    assert torch.equal(generate_images(exact, seeds, num_steps=3, max_batch_size=1), before)
+    assert all(p.is_contiguous() for p in exact.parameters()) and not any(vars(m).get('fused_attention') for m in exact.modules())
+    images = {name: generate_images(net, seeds, num_steps=3) for name, net in forms.items()}
+    assert not torch.equal(images['amp'], before) and not torch.equal(images['all'], before)
+    for name in ['channels_last', 'fused_attention']: # float32 throughout: a level or two at most
+        assert int((images[name].to(torch.int16) - before.to(torch.int16)).abs().max()) <= 2, name
+
+#----------------------------------------------------------------------------
 # The CLI flags: train.py and fine_tune.py record fast_paths only when one is on, and a fast
 # path the machine lacks is a one-line error before training.
 
 def test_cli_fast_path_flags(tmp_path, tiny_dataset, cli, monkeypatch):
-    import json
     import train
     data = tiny_dataset()
     common = ['--outdir', tmp_path / 'runs', '--data', data, '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=4', '--duration=0.000008', '--seed=0']
@@ -233,7 +246,6 @@ def test_cli_fast_path_flags(tmp_path, tiny_dataset, cli, monkeypatch):
 # size, and both reports are written.
 
 def test_gpucheck_cpu_part(tmp_path, cli):
-    from edm_spectral import gpucheck
     result = cli(gpucheck.main, ['--device=cpu', '--out', tmp_path / 'report'])
     assert 'the CUDA checks are skipped' in result.output
     with open(tmp_path / 'report' / 'gpucheck.json') as f:
@@ -249,7 +261,6 @@ def test_gpucheck_cpu_part(tmp_path, cli):
 
 # The few loop steps of the fp16 check, here on the CPU (where use_fp16 is inert).
 def test_gpucheck_tiny_run(tmp_path):
-    from edm_spectral import gpucheck
     result = gpucheck._tiny_run(torch.device('cpu'), str(tmp_path), 'tiny', dict(use_fp16=True), loss_scaling=64)
     assert result['losses_finite'] and len(result['losses']) >= 2
     assert all(torch.isfinite(p).all() for p in result['net'].parameters())
