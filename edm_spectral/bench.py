@@ -171,7 +171,9 @@ def _check_resolutions(ctx, param, values):
 @click.option('--out',          help='Where to write the JSON results  [default: bench-spectral.json, with --loop bench-loop.json]', metavar='JSON', type=str, default=None)
 @click.option('--loop',         help='Bench the training loop instead: EDM per-parameter loop vs ours, fast paths, sampling (edm_spectral/bench_loop.py)', is_flag=True)
 @click.option('--compile',      help='With --loop: also time torch.compile with this backend', type=click.Choice(['none', 'eager', 'inductor']), default='none', show_default=True)
-def main(device, resolutions, batch, iters, warmup, preset, full, cbase, threads, out, loop, compile):
+@click.option('--sample-images', help='With --loop: images per sampling batch  [default: --batch]', metavar='INT', type=click.IntRange(min=1), default=None)
+@click.option('--sample-steps', help='With --loop: sampler steps', metavar='INT', type=click.IntRange(min=2), default=18, show_default=True)
+def main(device, resolutions, batch, iters, warmup, preset, full, cbase, threads, out, loop, compile, sample_images, sample_steps):
     """Time a training step (EDMPrecond + DDPM++, EDMLoss, forward, backward,
     Adam) with each spectral regularizer against none, in one process with
     interleaved repetitions, and the spectral term alone (forward + backward).
@@ -194,7 +196,8 @@ def main(device, resolutions, batch, iters, warmup, preset, full, cbase, threads
         torch.backends.cudnn.allow_tf32 = False
     if loop:
         from edm_spectral import bench_loop # Lazy: the spectral bench does not need it.
-        bench_loop.run(device, resolutions, batch, iters, warmup, full, None if compile == 'none' else compile, 'bench-loop.json' if out is None else out, cbase=cbase)
+        bench_loop.run(device, resolutions, batch, iters, warmup, full, None if compile == 'none' else compile, 'bench-loop.json' if out is None else out,
+            sample_images=sample_images, sample_steps=sample_steps, cbase=cbase)
         return
     out = 'bench-spectral.json' if out is None else out
 

@@ -281,7 +281,7 @@ def format_results(lean=None, fast=None, sampling=None):
 #----------------------------------------------------------------------------
 # python -m edm_spectral.bench --loop: every part per resolution, printed and written as JSON.
 
-def run(device, resolutions, batch, iters, warmup, full, compile_backend=None, out='bench-loop.json', sample_images=None, cbase=None):
+def run(device, resolutions, batch, iters, warmup, full, compile_backend=None, out='bench-loop.json', sample_images=None, sample_steps=18, cbase=None):
     import click
     device = torch.device(device)
     results = dict(device=str(device), device_name=spectral_bench.device_name(device), torch=torch.__version__,
@@ -293,7 +293,7 @@ def run(device, resolutions, batch, iters, warmup, full, compile_backend=None, o
             f'({kwargs["model_channels"]} channels, channel_mult {kwargs["channel_mult"]})...')
         part = dict(lean=bench_lean(kwargs, resolution, batch, iters, warmup, device))
         part['fast'] = bench_fast_paths(kwargs, resolution, batch, iters, warmup, device, compile_backend)
-        part['sampling'] = bench_sampling(kwargs, resolution, sample_images or batch, max(iters // 2, 1), min(warmup, 1), device)
+        part['sampling'] = bench_sampling(kwargs, resolution, sample_images or batch, max(iters // 2, 1), min(warmup, 1), device, num_steps=sample_steps)
         click.echo(format_results(**part))
         results['results'].append(dict(resolution=resolution, **part))
     results['load_after'] = spectral_bench.load_average()

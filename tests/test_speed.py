@@ -207,13 +207,14 @@ def test_bench_loop_toy():
 def test_bench_loop_cli(tmp_path, cli):
     from edm_spectral import bench
     out = tmp_path / 'loop.json'
-    result = cli(bench.main, ['--loop', '--device=cpu', '--resolutions=8', '--cbase=8', '--batch=2', '--iters=1', '--warmup=0', f'--out={out}'])
+    result = cli(bench.main, ['--loop', '--device=cpu', '--resolutions=8', '--cbase=8', '--batch=2', '--iters=1', '--warmup=0', '--sample-images=3', '--sample-steps=4', f'--out={out}'])
     for text in ['8 channels', 'fewer operator calls outside forward and backward', 'speed-up = exact time / fast time', 'images/s', 'load average']:
         assert text in result.output, text
     data = json.loads(out.read_text())
     assert data['device_name'] == bench.device_name('cpu') and data['cbase'] == 8 and len(data['load_before']) == 3
     part = data['results'][0]
     assert part['lean']['call_ratio'] >= 10 and part['sampling']['rows']['exact']['max_abs_diff_uint8'] == 0
+    assert (part['sampling']['num_images'], part['sampling']['num_steps']) == (3, 4)
     assert all(row['peak_gb'] > 0 for p in ('lean', 'fast', 'sampling') for row in part[p]['rows'].values())
     cli(bench.main, ['--loop', '--preset=full', '--cbase=8'], fails_with='--cbase sets the reduced DDPM++')
 
