@@ -252,7 +252,7 @@ def main(**kwargs):
     c.resume_pkl = opts.network
     c.ema_rampup_ratio = None if opts.ema_rampup == 'none' else opts.ema_rampup
     if opts.resume is not None:
-        r = resume_option(opts.resume)
+        r = resume_option(opts.resume, trust_code=opts.trust_code)
         c.resume_kimg, c.resume_state_dump = r.resume_kimg, r.resume_state_dump
     c.lr_rampup_kimg = opts.lr_rampup
     if opts.grid_seeds is not None:

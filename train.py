@@ -69,7 +69,7 @@ def check_batch_split(batch, batch_gpu, world_size):
 # --transfer (weights only, no EMA ramp-up, as EDM) or --resume (the whole state).
 def starting_point_options(opts, resolution, network_kwargs):
     if opts.transfer is None:
-        return resume_option(opts.resume) if opts.resume is not None else {}
+        return resume_option(opts.resume, trust_code=opts.trust_code) if opts.resume is not None else {}
     if opts.resume is not None:
         raise click.ClickException('--transfer and --resume cannot be specified at the same time')
     check_transfer(opts.transfer, opts.trust_code, resolution, network_kwargs)

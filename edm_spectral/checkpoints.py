@@ -346,16 +346,19 @@ def load_network(path_or_url, trust_code=False, device='cpu'):
 # 'optimizer_state': ...} plus whatever else the training loop stored). The
 # net comes back as our own class, tensors on CPU.
 
-def load_training_state(path, trust_code=False):
+# mmap=True maps the tensors' storage instead of reading it: cheap enough to check a state's
+# safety and shape before a run starts (torch.save's zip format; a legacy file is read whole).
+def load_training_state(path, trust_code=False, mmap=False):
     if not isinstance(path, str):
         raise TypeError('load_training_state() expects a path')
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Training state not found: {path}')
+    mmap = mmap and zipfile.is_zipfile(path)
     try:
         if trust_code:
-            data = torch.load(path, map_location='cpu', weights_only=False)
+            data = torch.load(path, map_location='cpu', weights_only=False, mmap=mmap)
         else:
-            data = torch.load(path, map_location='cpu', pickle_module=_restricted_pickle, weights_only=False)
+            data = torch.load(path, map_location='cpu', pickle_module=_restricted_pickle, weights_only=False, mmap=mmap)
     except UnsafePickleError as e:
         raise UnsafePickleError(f'{os.path.abspath(path)}: {e}') from None
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as e:

@@ -292,12 +292,17 @@ def load_snapshot_option(path, option, trust_code=False, device='cpu'):
 
 # --resume: training.launch.resume_kwargs, with its problems as messages.
 
-def resume_option(path):
+# The state is read once here (storage memory-mapped), so that a corrupt or refused file is
+# one error before the run folder is made.
+def resume_option(path, trust_code=False):
     from training.launch import resume_kwargs
+    from edm_spectral.checkpoints import load_training_state
     try:
-        return resume_kwargs(path)
-    except (ValueError, FileNotFoundError) as e:
+        kwargs = resume_kwargs(path)
+        load_training_state(path, trust_code=trust_code, mmap=True)
+    except (ValueError, FileNotFoundError, pickle.UnpicklingError) as e: # the last: refused by the safe loader
         raise click.ClickException(f'--resume: {e}') from e
+    return kwargs
 
 # The readers training_loop uses for resume_pkl and resume_state_dump (training/ does not
 # import this package): the safe loader unless trust_code, snapshots read as above, with

@@ -163,52 +163,44 @@ def test_bad_input_is_one_clear_error(paths, case, message):
 
 #----------------------------------------------------------------------------
 # Hostile pickles through every option that reads a file: no payload runs, one clear error.
-# Cases marked PENDING still end in a traceback (the payload is refused all the same); they
-# are expected to fail that check until the CLI turns the error into a message, and the test
-# says so once they pass.
-
-PENDING = 'train.py/fine_tune.py do not yet turn an UnsafePickleError from --resume into a click error (issue 16, item 5)'
 
 HOSTILE_INPUTS = [
-    ('generate --network={evil} --outdir={tmp}/out',                        'weights-only loader does not allow', None),
-    ('fine_tune --network={evil} --data={data} --outdir={tmp}/runs -n',     'weights-only loader does not allow', None),
-    ('fine_tune --network={net} --data={evil} --outdir={tmp}/runs -n',      'must be a folder or a .zip file', None),
-    ('fine_tune --network={net} --data={data} --outdir={tmp}/runs --resume={evil_state} --batch=4 --duration=0.000008', 'weights-only loader does not allow', PENDING),
-    ('train --data={data} --outdir={tmp}/runs --transfer={evil} -n',       'weights-only loader does not allow', None),
-    ('train --data={evil} --outdir={tmp}/runs -n',                          'must be a folder or a .zip file', None),
-    ('train --data={data} --outdir={tmp}/runs --resume={evil_state} --batch=4 --cbase=16 --cres=1,2 --duration=0.000008', 'weights-only loader does not allow', PENDING),
-    ('train --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-ref={ref} --metrics-detector={evil} -n', '--metrics-detector', None),
-    ('train --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-detector=standin --metrics-ref={evil_npz} -n', '--metrics-ref', None),
-    ('fine_tune --network={net} --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-ref={ref} --metrics-detector={evil} -n', '--metrics-detector', None),
-    ('fine_tune --network={net} --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-detector=standin --metrics-ref={evil} -n', '--metrics-ref', None),
-    ('fid ref --data={data} --dest={tmp}/ref.npz --detector={evil}',       '--trust-code', None),
-    ('fid ref --data={evil} --dest={tmp}/ref.npz --detector=standin',      'must be a folder or a .zip file', None),
-    ('fid calc --images={data} --ref={ref} --num=2 --detector={evil}',     '--trust-code', None),
-    ('fid calc --images={evil} --ref={ref} --num=2 --detector=standin',    'must be a folder or a .zip file', None),
-    ('fid calc --images={data} --ref={evil} --num=2 --detector=standin',   'is not a readable .npz file', None),
-    ('fid calc --images={data} --ref={evil_npz} --num=2 --detector=standin', 'is not a readable .npz file', None),
-    ('fid calc --network={evil} --ref={ref} --seeds=0-1 --detector=standin', 'weights-only loader does not allow', None),
-    ('spectrum compute --images={evil} --seeds=0 --dest={tmp}/psd.json',   'weights-only loader does not allow', None),
-    ('spectrum compute --images={evil_npy} --dest={tmp}/psd.json',         'is not a readable .npy/.npz file', None),
-    ('spectrum compare --ref={evil} --set={data} --seeds=0',               'weights-only loader does not allow', None),
-    ('spectrum compare --ref={data} --set={evil} --seeds=0',               '--set: cannot load network snapshot', None),
-    ('spectrum compare-audio --ref={evil} --set={wav}',                    'as a .wav file', None),
-    ('spectrum compare-audio --ref={wav} --set={evil}',                    'as a .wav file', None),
-    ('dataset_tool --source={evil} --dest={tmp}/out.zip',                  'Unknown --source type', None),
-    ('dataset_tool --source={evil_cifar} --dest={tmp}/out.zip',            'unexpected object builtins.exec', None),
+    ('generate --network={evil} --outdir={tmp}/out',                        'weights-only loader does not allow'),
+    ('fine_tune --network={evil} --data={data} --outdir={tmp}/runs -n',     'weights-only loader does not allow'),
+    ('fine_tune --network={net} --data={evil} --outdir={tmp}/runs -n',      'must be a folder or a .zip file'),
+    ('fine_tune --network={net} --data={data} --outdir={tmp}/runs --resume={evil_state} --batch=4 --duration=0.000008', 'weights-only loader does not allow'),
+    ('train --data={data} --outdir={tmp}/runs --transfer={evil} -n',       'weights-only loader does not allow'),
+    ('train --data={evil} --outdir={tmp}/runs -n',                          'must be a folder or a .zip file'),
+    ('train --data={data} --outdir={tmp}/runs --resume={evil_state} --batch=4 --cbase=16 --cres=1,2 --duration=0.000008', 'weights-only loader does not allow'),
+    ('train --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-ref={ref} --metrics-detector={evil} -n', '--metrics-detector'),
+    ('train --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-detector=standin --metrics-ref={evil_npz} -n', '--metrics-ref'),
+    ('fine_tune --network={net} --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-ref={ref} --metrics-detector={evil} -n', '--metrics-detector'),
+    ('fine_tune --network={net} --data={data} --outdir={tmp}/runs --metrics=fid10k --metrics-detector=standin --metrics-ref={evil} -n', '--metrics-ref'),
+    ('fid ref --data={data} --dest={tmp}/ref.npz --detector={evil}',       '--trust-code'),
+    ('fid ref --data={evil} --dest={tmp}/ref.npz --detector=standin',      'must be a folder or a .zip file'),
+    ('fid calc --images={data} --ref={ref} --num=2 --detector={evil}',     '--trust-code'),
+    ('fid calc --images={evil} --ref={ref} --num=2 --detector=standin',    'must be a folder or a .zip file'),
+    ('fid calc --images={data} --ref={evil} --num=2 --detector=standin',   'is not a readable .npz file'),
+    ('fid calc --images={data} --ref={evil_npz} --num=2 --detector=standin', 'is not a readable .npz file'),
+    ('fid calc --network={evil} --ref={ref} --seeds=0-1 --detector=standin', 'weights-only loader does not allow'),
+    ('spectrum compute --images={evil} --seeds=0 --dest={tmp}/psd.json',   'weights-only loader does not allow'),
+    ('spectrum compute --images={evil_npy} --dest={tmp}/psd.json',         'is not a readable .npy/.npz file'),
+    ('spectrum compare --ref={evil} --set={data} --seeds=0',               'weights-only loader does not allow'),
+    ('spectrum compare --ref={data} --set={evil} --seeds=0',               '--set: cannot load network snapshot'),
+    ('spectrum compare-audio --ref={evil} --set={wav}',                    'as a .wav file'),
+    ('spectrum compare-audio --ref={wav} --set={evil}',                    'as a .wav file'),
+    ('dataset_tool --source={evil} --dest={tmp}/out.zip',                  'Unknown --source type'),
+    ('dataset_tool --source={evil_cifar} --dest={tmp}/out.zip',            'unexpected object builtins.exec'),
 ]
 
-@pytest.mark.parametrize('case, message, pending', HOSTILE_INPUTS, ids=[case for case, _, _ in HOSTILE_INPUTS])
-def test_hostile_pickle_runs_no_code(paths, hostile, case, message, pending):
+@pytest.mark.parametrize('case, message', HOSTILE_INPUTS, ids=[case for case, _ in HOSTILE_INPUTS])
+def test_hostile_pickle_runs_no_code(paths, hostile, case, message):
     # The training CLIs start a run: a process of their own, under a timeout (no hang).
     timeout = 180 if case.split()[0] in ('train', 'fine_tune') and ' -n' not in case else None
     code, output, clean = run_cli(case, paths, subprocess_timeout=timeout)
     assert not hostile.ran(), f'the payload ran: {case}\n{output}'
     refused = code != 0 and message.format(**paths) in output
     clean = clean and 'Traceback' not in output
-    if pending is not None:
-        assert not (refused and clean), f'fixed now, remove the pending reason from this case: {case}'
-        pytest.xfail(pending)
     assert refused, (case, output)
     assert clean, (case, output)
 
@@ -246,7 +238,7 @@ def _input_options():
 
 def test_every_input_option_has_a_hostile_case():
     covered = set()
-    for case, _, _ in HOSTILE_INPUTS:
+    for case, _ in HOSTILE_INPUTS:
         words = case.split()
         prefix = ' '.join(words[:2] if words[0] in GROUPS else words[:1])
         covered |= {f'{prefix} {w.split("=")[0]}' for w in words if '{evil' in w}

@@ -135,8 +135,12 @@ def test_training_state_round_trip(tmp_path):
     torch.save(dict(net=net, optimizer_state=opt.state_dict(), cur_nimg=1234, rng=rng,
         np_rng=np.random.RandomState(5).get_state()), path)
 
-    for trust_code in [False, True]:
-        state = checkpoints.load_training_state(str(path), trust_code=trust_code)
+    # mmap=True (the CLIs' check before a run starts) reads the same values; a legacy
+    # (non-zip) torch.save file cannot be mapped and is read whole.
+    legacy = tmp_path / 'training-state-000002.pt'
+    torch.save(torch.load(path, weights_only=False), legacy, _use_new_zipfile_serialization=False)
+    for trust_code, file, mmap in [(False, path, False), (True, path, False), (False, path, True), (True, legacy, True), (False, legacy, True)]:
+        state = checkpoints.load_training_state(str(file), trust_code=trust_code, mmap=mmap)
         if not trust_code:
             assert type(state['net']).__module__ == 'training.networks'
         assert state['cur_nimg'] == 1234 and torch.equal(state['rng'], rng)
@@ -162,8 +166,9 @@ def test_rejects_code(hostile):
     assert 'exec' in msg and 'trust_code=True' in msg and '--trust-code' in msg and path in msg
     assert not hostile.ran()
 
-    with pytest.raises(checkpoints.UnsafePickleError, match='exec'):
-        checkpoints.load_training_state(hostile.torch_save())
+    for mmap in [False, True]:
+        with pytest.raises(checkpoints.UnsafePickleError, match='exec'):
+            checkpoints.load_training_state(hostile.torch_save(), mmap=mmap)
     assert not hostile.ran()
 
     # The test can fail: plain pickle does run the payload.
