@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 import dnnlib
-from edm_spectral import detectors, fid_stats
+from edm_spectral import detectors, fid_stats, metrics
 from edm_spectral.cli import load_snapshot_option, sampler_options
 from edm_spectral.fid_stats import calculate_fid_from_inception_stats, calculate_inception_stats, calculate_kid, load_ref_stats  # noqa: F401 (EDM's names, importable from fid)
 from torch_utils import distributed as dist
@@ -65,10 +65,10 @@ def _checked_ref(ref_path, det, det_name, kid):
         ref = load_ref_stats(ref_path)
     except (OSError, ValueError) as e:
         raise click.ClickException(str(e))
-    if (ref['detector'] == detectors.STANDIN_NAME) != (det_name == detectors.STANDIN_NAME):
-        raise click.ClickException(f'{ref_path} was computed with detector "{ref["detector"]}" but this run uses "{det_name}"; use the same detector for both')
-    if ref['mu'].shape[0] != detectors.detector_feature_dim(det):
-        raise click.ClickException(f'{ref_path} holds {ref["mu"].shape[0]}-d statistics, the detector gives {detectors.detector_feature_dim(det)}-d features')
+    try:
+        metrics.check_ref_matches_detector(ref, det, det_name)
+    except ValueError as e:
+        raise click.ClickException(f'{ref_path}: {e}')
     if kid and 'features' not in ref:
         raise click.ClickException(f'--kid needs reference features, but {ref_path} has only mu/sigma; make it with "fid.py ref --features"')
     return ref
