@@ -173,7 +173,8 @@ def _check_resolutions(ctx, param, values):
 @click.option('--compile',      help='With --loop: also time torch.compile with this backend', type=click.Choice(['none', 'eager', 'inductor']), default='none', show_default=True)
 @click.option('--sample-images', help='With --loop: images per sampling batch  [default: --batch]', metavar='INT', type=click.IntRange(min=1), default=None)
 @click.option('--sample-steps', help='With --loop: sampler steps', metavar='INT', type=click.IntRange(min=2), default=18, show_default=True)
-def main(device, resolutions, batch, iters, warmup, preset, full, cbase, threads, out, loop, compile, sample_images, sample_steps):
+@click.option('--parts',        help='With --loop: which parts to run (lean, fast, sampling)', metavar='LIST', type=str, default='lean,fast,sampling', show_default=True)
+def main(device, resolutions, batch, iters, warmup, preset, full, cbase, threads, out, loop, compile, sample_images, sample_steps, parts):
     """Time a training step (EDMPrecond + DDPM++, EDMLoss, forward, backward,
     Adam) with each spectral regularizer against none, in one process with
     interleaved repetitions, and the spectral term alone (forward + backward).
@@ -196,8 +197,11 @@ def main(device, resolutions, batch, iters, warmup, preset, full, cbase, threads
         torch.backends.cudnn.allow_tf32 = False
     if loop:
         from edm_spectral import bench_loop # Lazy: the spectral bench does not need it.
+        parts = [p.strip() for p in parts.split(',') if p.strip()]
+        if not parts or any(p not in bench_loop.PARTS for p in parts):
+            raise click.ClickException(f'--parts: a comma-separated list of {", ".join(bench_loop.PARTS)}; got {",".join(parts)!r}')
         bench_loop.run(device, resolutions, batch, iters, warmup, full, None if compile == 'none' else compile, 'bench-loop.json' if out is None else out,
-            sample_images=sample_images, sample_steps=sample_steps, cbase=cbase)
+            sample_images=sample_images, sample_steps=sample_steps, cbase=cbase, parts=parts)
         return
     out = 'bench-spectral.json' if out is None else out
 

@@ -137,13 +137,14 @@ def _peak_of(fn, device):
     return memory.peak_gb(device)
 
 # Time the functions round-robin (edm_spectral/bench.py's clock and rotation); per name the
-# median ms, and the median of its paired ratio to the first name (time of first / time of
-# name, both from the same repetition: above 1 means faster than the first).
+# median ms, the median of its paired ratio to the first name (time of first / time of name,
+# both from the same repetition: above 1 means faster than the first), and the ratio of the
+# fastest repetitions (on a loaded machine the least disturbed ones).
 def _interleaved(fns, iters, warmup, device):
     times = spectral_bench.interleaved_times(fns, iters, warmup, device)
     base = times[next(iter(fns))]
-    return {name: dict(ms=statistics.median(ts) * 1e3, min_ms=min(ts) * 1e3,
-        speedup=statistics.median(b / t for b, t in zip(base, ts))) for name, ts in times.items()}
+    return {name: dict(ms=statistics.median(ts) * 1e3, min_ms=min(ts) * 1e3, speedup=statistics.median(b / t for b, t in zip(base, ts)),
+        min_speedup=min(base) / min(ts)) for name, ts in times.items()}
 
 #----------------------------------------------------------------------------
 # EDM's per-parameter loop against ours.
@@ -158,10 +159,17 @@ def bench_lean(net_kwargs, resolution, batch, iters, warmup, device):
         trainer.forward_backward()
         rows[name].update(count_operator_calls(trainer.update))
         rows[name]['peak_gb'] = _peak_of(trainer.step, device)
+    # The per-parameter work alone (what the lean path changes), repeated on the gradients of
+    # one backward pass: milliseconds, so five times the repetitions.
+    for trainer in (edm, ours):
+        trainer.forward_backward()
+    updates = _interleaved(dict(edm=edm.update, ours=ours.update), 5 * iters, warmup, device)
+    for name, row in updates.items():
+        rows[name].update(update_ms=row['ms'], update_speedup=row['speedup'])
     num_tensors = len(list(ours.net.parameters()))
     return dict(resolution=resolution, batch=batch, iters=iters, num_tensors=num_tensors,
-        num_params=sum(p.numel() for p in ours.net.parameters()), rows=rows,
-        step_speedup=rows['ours']['speedup'], call_ratio=rows['edm']['calls'] / max(rows['ours']['calls'], 1))
+        num_params=sum(p.numel() for p in ours.net.parameters()), rows=rows, step_speedup=rows['ours']['speedup'],
+        update_speedup=rows['ours']['update_speedup'], call_ratio=rows['edm']['calls'] / max(rows['ours']['calls'], 1))
 
 #----------------------------------------------------------------------------
 # The fast paths against the exact path, one at a time and all together. compile=None leaves
@@ -258,46 +266,58 @@ def format_results(lean=None, fast=None, sampling=None):
     lines = []
     if lean is not None:
         lines.append(f'Training step, EDM per-parameter loop vs ours ({lean["num_tensors"]} tensors, {lean["num_params"] / 1e6:.2f}M parameters, '
-            f'{lean["resolution"]}x{lean["resolution"]}, batch {lean["batch"]}, median of {lean["iters"]}):')
-        lines.append(f'  {"loop":<10s} {"step ms":>9s} {"calls":>7s} {"nested":>7s} {"peak GiB":>9s}')
+            f'{lean["resolution"]}x{lean["resolution"]}, batch {lean["batch"]}, median of {lean["iters"]}; update = the work after backward alone):')
+        lines.append(f'  {"loop":<10s} {"step ms":>9s} {"min ms":>9s} {"update ms":>10s} {"calls":>7s} {"nested":>7s} {"peak GiB":>9s}')
         for name, row in lean['rows'].items():
-            lines.append(f'  {name:<10s} {row["ms"]:9.2f} {row["calls"]:7d} {row["nested"]:7d} {row["peak_gb"]:9.3f}')
-        lines.append(f'  ours: {lean["step_speedup"]:.3f}x the step speed, {lean["call_ratio"]:.1f}x fewer operator calls outside forward and backward')
+            lines.append(f'  {name:<10s} {row["ms"]:9.2f} {row["min_ms"]:9.2f} {row["update_ms"]:10.2f} {row["calls"]:7d} {row["nested"]:7d} {row["peak_gb"]:9.3f}')
+        ours = lean['rows']['ours']
+        lines.append(f'  ours: {lean["step_speedup"]:.3f}x the step speed ({ours["min_speedup"]:.3f}x of the fastest steps), '
+            f'{lean["update_speedup"]:.3f}x the update speed, {lean["call_ratio"]:.1f}x fewer operator calls outside forward and backward')
     if fast is not None:
         lines.append(f'Fast paths vs the exact path ({fast["resolution"]}x{fast["resolution"]}, batch {fast["batch"]}, median of {fast["iters"]}; '
-            'speed-up = exact time / fast time, paired):')
-        lines.append(f'  {"path":<16s} {"step ms":>9s} {"speed-up":>9s} {"first s":>8s} {"peak GiB":>9s}')
+            'speed-up = exact time / fast time, paired; of min = of the fastest steps):')
+        lines.append(f'  {"path":<16s} {"step ms":>9s} {"speed-up":>9s} {"of min":>8s} {"first s":>8s} {"peak GiB":>9s}')
         for name, row in fast['rows'].items():
-            lines.append(f'  {name:<16s} {row["ms"]:9.2f} {row["speedup"]:8.3f}x {row["first_step_s"]:8.2f} {row["peak_gb"]:9.3f}')
+            lines.append(f'  {name:<16s} {row["ms"]:9.2f} {row["speedup"]:8.3f}x {row["min_speedup"]:7.3f}x {row["first_step_s"]:8.2f} {row["peak_gb"]:9.3f}')
         for name, why in fast['skipped'].items():
             lines.append(f'  {name:<16s} skipped: {why}')
     if sampling is not None:
         lines.append(f'Sampling, default sampler ({sampling["num_steps"]} steps), {sampling["num_images"]} images per batch, median of {sampling["iters"]}:')
-        lines.append(f'  {"network":<16s} {"images/s":>9s} {"speed-up":>9s} {"max |diff| (uint8)":>19s} {"peak GiB":>9s}')
+        lines.append(f'  {"network":<16s} {"images/s":>9s} {"speed-up":>9s} {"of min":>8s} {"max |diff| (uint8)":>19s} {"peak GiB":>9s}')
         for name, row in sampling['rows'].items():
-            lines.append(f'  {name:<16s} {row["images_per_s"]:9.2f} {row["speedup"]:8.3f}x {row["max_abs_diff_uint8"]:19d} {row["peak_gb"]:9.3f}')
+            lines.append(f'  {name:<16s} {row["images_per_s"]:9.2f} {row["speedup"]:8.3f}x {row["min_speedup"]:7.3f}x {row["max_abs_diff_uint8"]:19d} {row["peak_gb"]:9.3f}')
     return '\n'.join(lines)
 
 #----------------------------------------------------------------------------
 # python -m edm_spectral.bench --loop: every part per resolution, printed and written as JSON.
 
-def run(device, resolutions, batch, iters, warmup, full, compile_backend=None, out='bench-loop.json', sample_images=None, sample_steps=18, cbase=None):
+PARTS = ('lean', 'fast', 'sampling')
+
+def _load_text(load):
+    return 'unknown' if load is None else ' '.join(f'{v:.2f}' for v in load)
+
+def run(device, resolutions, batch, iters, warmup, full, compile_backend=None, out='bench-loop.json', sample_images=None, sample_steps=18, cbase=None,
+        parts=PARTS):
     import click
     device = torch.device(device)
     results = dict(device=str(device), device_name=spectral_bench.device_name(device), torch=torch.__version__,
-        threads=torch.get_num_threads(), full=full, cbase=cbase, warmup=warmup, load_before=spectral_bench.load_average(), results=[])
-    click.echo(f'torch {results["torch"]}, {results["threads"]} thread(s), {device} ({results["device_name"]}), load average {results["load_before"]}')
+        threads=torch.get_num_threads(), full=full, cbase=cbase, warmup=warmup, parts=list(parts), load_before=spectral_bench.load_average(), results=[])
+    click.echo(f'torch {results["torch"]}, {results["threads"]} thread(s), {device} ({results["device_name"]}), load average {_load_text(results["load_before"])}')
     for resolution in resolutions:
         kwargs = spectral_bench.network_kwargs(resolution, full, cbase)
         click.echo(f'Resolution {resolution}x{resolution}, batch {batch}, {"full" if full else "reduced"} DDPM++ '
             f'({kwargs["model_channels"]} channels, channel_mult {kwargs["channel_mult"]})...')
-        part = dict(lean=bench_lean(kwargs, resolution, batch, iters, warmup, device))
-        part['fast'] = bench_fast_paths(kwargs, resolution, batch, iters, warmup, device, compile_backend)
-        part['sampling'] = bench_sampling(kwargs, resolution, sample_images or batch, max(iters // 2, 1), min(warmup, 1), device, num_steps=sample_steps)
+        part = {}
+        if 'lean' in parts:
+            part['lean'] = bench_lean(kwargs, resolution, batch, iters, warmup, device)
+        if 'fast' in parts:
+            part['fast'] = bench_fast_paths(kwargs, resolution, batch, iters, warmup, device, compile_backend)
+        if 'sampling' in parts:
+            part['sampling'] = bench_sampling(kwargs, resolution, sample_images or batch, max(iters // 2, 1), min(warmup, 1), device, num_steps=sample_steps)
         click.echo(format_results(**part))
         results['results'].append(dict(resolution=resolution, **part))
     results['load_after'] = spectral_bench.load_average()
-    click.echo(f'load average after: {results["load_after"]}')
+    click.echo(f'load average after: {_load_text(results["load_after"])}')
     if out:
         spectral_bench.write_json(results, out)
     return results

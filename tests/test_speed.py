@@ -208,7 +208,7 @@ def test_bench_loop_cli(tmp_path, cli):
     from edm_spectral import bench
     out = tmp_path / 'loop.json'
     result = cli(bench.main, ['--loop', '--device=cpu', '--resolutions=8', '--cbase=8', '--batch=2', '--iters=1', '--warmup=0', '--sample-images=3', '--sample-steps=4', f'--out={out}'])
-    for text in ['8 channels', 'fewer operator calls outside forward and backward', 'speed-up = exact time / fast time', 'images/s', 'load average']:
+    for text in ['8 channels', 'fewer operator calls outside forward and backward', 'the update speed', 'speed-up = exact time / fast time', 'images/s', 'load average']:
         assert text in result.output, text
     data = json.loads(out.read_text())
     assert data['device_name'] == bench.device_name('cpu') and data['cbase'] == 8 and len(data['load_before']) == 3
@@ -217,6 +217,9 @@ def test_bench_loop_cli(tmp_path, cli):
     assert (part['sampling']['num_images'], part['sampling']['num_steps']) == (3, 4)
     assert all(row['peak_gb'] > 0 for p in ('lean', 'fast', 'sampling') for row in part[p]['rows'].values())
     cli(bench.main, ['--loop', '--preset=full', '--cbase=8'], fails_with='--cbase sets the reduced DDPM++')
+    only = cli(bench.main, ['--loop', '--device=cpu', '--resolutions=8', '--cbase=8', '--batch=2', '--iters=1', '--warmup=0', '--parts=lean', f'--out={out}'])
+    assert 'fewer operator calls' in only.output and 'images/s' not in only.output and set(json.loads(out.read_text())['results'][0]) == {'resolution', 'lean'}
+    cli(bench.main, ['--loop', '--parts=lean,turbo'], fails_with='--parts')
 
 #----------------------------------------------------------------------------
 # Sampling: the fast forms are copies (the exact network, and with it the default sampler's
