@@ -1,5 +1,5 @@
 """Fixtures shared by the test files: tiny image datasets and WAV corpora, a released-format
-network snapshot, the training loop's tiny options, a free port, a two-process torchrun
+network snapshot and a tiny one, the training loop's tiny options, a free port, a two-process torchrun
 launcher, a click invoker, modules written from source, and hostile pickles.
 
 Helpers without state are plain functions and classes: `from conftest import make_dataset`
@@ -132,10 +132,7 @@ def write_released_snapshot(path, res=8, seed=0):
     from training.loss import EDMLoss
     from training.augment import AugmentPipe
     torch.manual_seed(seed)
-    net = EDMPrecond(img_resolution=res, img_channels=3, label_dim=0, use_fp16=False, model_type='SongUNet',
-        embedding_type='positional', encoder_type='standard', decoder_type='standard', channel_mult_noise=1,
-        resample_filter=[1,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4],
-        augment_dim=9, dropout=0.13)
+    net = EDMPrecond(img_resolution=res, img_channels=3, label_dim=0, use_fp16=False, **tiny_ddpmpp(augment_dim=9, dropout=0.13))
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -146,24 +143,44 @@ def write_released_snapshot(path, res=8, seed=0):
         pickle.dump(data, f)
     return str(path)
 
+# A tiny network snapshot written by training.snapshots (EDMPrecond, tiny_ddpmpp), its weights
+# moved off their (partly zero) init by a fixed generator so that the outputs depend on all of
+# them; returns the network in eval mode.
+def write_tiny_snapshot(path, channels=3, label_dim=0):
+    import torch
+    from training.networks import EDMPrecond
+    from training.snapshots import save_snapshot
+    net = EDMPrecond(img_resolution=8, img_channels=channels, label_dim=label_dim, **tiny_ddpmpp())
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    save_snapshot(str(path), net, dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset'))
+    return net.eval()
+
 #----------------------------------------------------------------------------
 # Options of training_loop.training_loop for a few steps of a tiny net on the CPU, with
 # training.launch's preconditioner and augmentation tables and the safe snapshot readers;
 # overrides replace any option.
 
-TINY_ARCHS = {
-    'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
-        channel_mult_noise=1, resample_filter=[1,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
-    'ncsnpp': dict(model_type='SongUNet', embedding_type='fourier', encoder_type='residual', decoder_type='standard',
-        channel_mult_noise=2, resample_filter=[1,3,3,1], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
-    'adm':    dict(model_type='DhariwalUNet', model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4]),
-}
+# The tests' tiny networks: --arch's table (training.launch) at 16 channels, two levels and
+# attention at 4x4; tiny_ddpmpp is training.launch.small_ddpmpp at that size, the other keywords
+# (augment_dim, dropout, ...) passed on.
+def tiny_ddpmpp(**overrides):
+    from training import launch
+    return launch.small_ddpmpp(model_channels=16, channel_mult=[1,2], attn_resolutions=[4], **overrides)
+
+def tiny_arch(arch='ddpmpp'):
+    from training import launch
+    if arch == 'ddpmpp':
+        return tiny_ddpmpp()
+    return dict(launch.ARCHS[arch], model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4])
 
 def loop_kwargs(run_dir, data, precond='edm', arch='ddpmpp', augment=None, **overrides):
     from edm_spectral import checkpoints
     from training import launch
     net_class, loss_class = launch.PRECONDS[precond]
-    network_kwargs = dict(class_name=net_class, dropout=0.1, **TINY_ARCHS[arch])
+    network_kwargs = dict(class_name=net_class, dropout=0.1, **tiny_arch(arch))
     if augment:
         network_kwargs['augment_dim'] = 9
     kwargs = dict(
@@ -211,14 +228,15 @@ def child_env(**extra):
 def _tail(text, limit=4000):
     return text if len(text) <= limit else '...' + text[-limit:]
 
-# torchrun(*args, cwd=REPO, timeout=300): `python -m torch.distributed.run --standalone
-# --nproc_per_node=2 *args` (a script and its options, or -m and a module); asserts a zero exit
-# code, showing the output otherwise, and returns the CompletedProcess.
-def run_torchrun(*args, cwd=REPO, timeout=300):
+# torchrun(*args, cwd=REPO, timeout=300, fails=False): `python -m torch.distributed.run
+# --standalone --nproc_per_node=2 *args` (a script and its options, or -m and a module); asserts
+# a zero exit code (with fails=True: a non-zero one), showing the output otherwise, and returns
+# the CompletedProcess.
+def run_torchrun(*args, cwd=REPO, timeout=300, fails=False):
     args = [str(a) for a in args]
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *args]
     proc = subprocess.run(cmd, cwd=str(cwd), env=child_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, (f'torchrun {" ".join(args)} exited with {proc.returncode}\n'
+    assert (proc.returncode != 0) == fails, (f'torchrun {" ".join(args)} exited with {proc.returncode}\n'
         f'--- stdout ---\n{_tail(proc.stdout)}\n--- stderr ---\n{_tail(proc.stderr)}')
     return proc
 

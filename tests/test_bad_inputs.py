@@ -14,8 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from conftest import REPO, child_env, tiny_ddpmpp
 
 #----------------------------------------------------------------------------
 # The CLIs: import name, how to start one as a process, and options every case of it gets
@@ -52,8 +51,7 @@ def run_cli(case, paths, subprocess_timeout=None):
         result = CliRunner().invoke(_command(name), argv)
         clean = result.exception is None or isinstance(result.exception, SystemExit)
         return result.exit_code, result.output, clean
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable] + CLIS[name][2] + argv, cwd=ROOT, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable] + CLIS[name][2] + argv, cwd=REPO, env=child_env(), capture_output=True, text=True,
         timeout=subprocess_timeout)
     output = proc.stdout + proc.stderr
     return proc.returncode, output, 'Traceback' not in output
@@ -83,8 +81,7 @@ def shared(tmp_path_factory):
     from training.networks import EDMPrecond
     from training.snapshots import save_snapshot
     torch.manual_seed(0)
-    net = EDMPrecond(img_resolution=8, img_channels=3, model_type='SongUNet', model_channels=16, channel_mult=[1, 2],
-        num_blocks=1, attn_resolutions=[4])
+    net = EDMPrecond(img_resolution=8, img_channels=3, **tiny_ddpmpp())
     save_snapshot(str(root / 'net.pkl'), net)
     torch.save(dict(net=net.state_dict()), root / 'state.pt')
     torch.save(dict(net=net.state_dict()), root / 'legacy.pt', _use_new_zipfile_serialization=False)
@@ -286,7 +283,7 @@ def test_read_only_folder_is_refused():
         os.chmod(locked, 0o555)
         prefix = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] if os.geteuid() == 0 else []
         for dest in [os.path.join(locked, 'out.zip'), os.path.join(locked, 'new', 'out')]:
-            proc = subprocess.run(prefix + [sys.executable, 'dataset_tool.py', f'--source={src}', f'--dest={dest}'], cwd=ROOT,
+            proc = subprocess.run(prefix + [sys.executable, 'dataset_tool.py', f'--source={src}', f'--dest={dest}'], cwd=REPO,
                 capture_output=True, text=True, timeout=120)
             output = proc.stdout + proc.stderr
             assert proc.returncode != 0 and 'Traceback' not in output, output

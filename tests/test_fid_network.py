@@ -5,56 +5,36 @@ against one, and the CLI's errors. All with the stand-in detector: the values ar
 import os
 import pickle
 import re
-import subprocess
-import sys
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import fid  # noqa: E402 (repository root script)
-import generate  # noqa: E402
-from edm_spectral import fid_stats  # noqa: E402
+from conftest import invoke_cli, run_torchrun, write_tiny_snapshot
+import fid  # (repository root scripts)
+import generate
+from edm_spectral import fid_stats
 
 COMMON = ['--detector=standin', '--workers=0', '--device=cpu']
 
 #----------------------------------------------------------------------------
-# A tiny real network snapshot, with weights moved off their (partly zero) init.
-
-def _make_snapshot(path, channels=3, label_dim=0):
-    from training.networks import EDMPrecond
-    from training.snapshots import save_snapshot
-    net = EDMPrecond(img_resolution=8, img_channels=channels, label_dim=label_dim, model_type='SongUNet',
-        model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    save_snapshot(str(path), net, dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset'))
-    return net.eval()
+# Two tiny real network snapshots (conftest.write_tiny_snapshot) and reference statistics.
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp('fidnet')
     nets = dict(rgb=str(root / 'rgb.pkl'), gray=str(root / 'gray-cond.pkl'))
-    _make_snapshot(nets['rgb'])
-    _make_snapshot(nets['gray'], channels=1, label_dim=4)
+    write_tiny_snapshot(nets['rgb'])
+    write_tiny_snapshot(nets['gray'], channels=1, label_dim=4)
     # Reference statistics (with features, for KID) of random 8x8 images.
     rnd = np.random.RandomState(0)
     os.makedirs(root / 'data')
     for i in range(30):
         PIL.Image.fromarray(rnd.randint(0, 256, size=[8, 8, 3], dtype=np.uint8)).save(root / 'data' / f'{i:03d}.png')
     ref = str(root / 'ref.npz')
-    r = _invoke(fid.main, ['ref', f'--data={root / "data"}', f'--dest={ref}', '--features'] + COMMON)
-    assert r.exit_code == 0, r.output
+    r = invoke_cli(fid.main, ['ref', f'--data={root / "data"}', f'--dest={ref}', '--features'] + COMMON)
     return dict(root=root, nets=nets, ref=ref)
-
-def _invoke(cli, args):
-    return CliRunner().invoke(cli, args)
 
 _value = r'([-+0-9.e]+|nan|inf)'
 
@@ -72,13 +52,10 @@ def _values(output, metric='FID'):
 ])
 def test_network_fid_equals_images_fid_of_generate_output(setup, tmp_path, net, options):
     network = setup['nets'][net]
-    r = _invoke(generate.main, [f'--network={network}', f'--outdir={tmp_path / "png"}', '--seeds=0-19', '--batch=8', '--device=cpu'] + options)
-    assert r.exit_code == 0, r.output
-    r = _invoke(fid.main, ['calc', f'--images={tmp_path / "png"}', f'--ref={setup["ref"]}', '--num=20', '--batch=8', '--kid'] + COMMON)
-    assert r.exit_code == 0, r.output
+    r = invoke_cli(generate.main, [f'--network={network}', f'--outdir={tmp_path / "png"}', '--seeds=0-19', '--batch=8', '--device=cpu'] + options)
+    r = invoke_cli(fid.main, ['calc', f'--images={tmp_path / "png"}', f'--ref={setup["ref"]}', '--num=20', '--batch=8', '--kid'] + COMMON)
     from_images = (_values(r.stdout), _values(r.stdout, "KID"))
-    r = _invoke(fid.main, ['calc', f'--network={network}', '--seeds=0-19', f'--ref={setup["ref"]}', '--batch=8', '--kid'] + COMMON + options)
-    assert r.exit_code == 0, r.output
+    r = invoke_cli(fid.main, ['calc', f'--network={network}', '--seeds=0-19', f'--ref={setup["ref"]}', '--batch=8', '--kid'] + COMMON + options)
     from_network = (_values(r.stdout), _values(r.stdout, "KID"))
     assert len(from_images[0]) == 1 and len(from_images[1]) == 1
     assert from_network == from_images
@@ -108,8 +85,7 @@ def test_repeated_seed_sets():
 @pytest.mark.filterwarnings('ignore:Matrix is singular')
 def test_repeats_report_each_set_mean_std_and_min(setup):
     args = ['calc', f'--network={setup["nets"]["rgb"]}', f'--ref={setup["ref"]}', '--steps=2', '--batch=5'] + COMMON
-    r = _invoke(fid.main, args + ['--seeds=0-5', '--repeats=3'])
-    assert r.exit_code == 0, r.output
+    r = invoke_cli(fid.main, args + ['--seeds=0-5', '--repeats=3'])
     fids = _values(r.stdout)
     assert len(fids) == 3 and len(set(fids)) == 3
     assert 'of seeds 0-5:' in r.output and 'of seeds 6-11:' in r.output and 'of seeds 12-17:' in r.output
@@ -119,8 +95,7 @@ def test_repeats_report_each_set_mean_std_and_min(setup):
     assert mean == pytest.approx(np.mean(fids), rel=1e-5) and low == min(fids)
     assert std == pytest.approx(np.std(fids, ddof=1), rel=1e-3)   # of the printed (6-digit) FIDs: sample std
     # The third set is the same as asking for its seeds directly.
-    r = _invoke(fid.main, args + ['--seeds=12-17'])
-    assert r.exit_code == 0, r.output
+    r = invoke_cli(fid.main, args + ['--seeds=12-17'])
     assert _values(r.stdout) == [fids[2]]
 
 #----------------------------------------------------------------------------
@@ -145,9 +120,7 @@ def test_network_cli_errors(setup, tmp_path):
         ([ref, f'--network={net}', '--seeds=0-3', '--steps=1'], '--steps'),
     ]
     for args, message in cases:
-        r = _invoke(fid.main, ['calc'] + args + COMMON)
-        assert r.exit_code != 0 and message in r.output, (args, r.output)
-        assert not isinstance(r.exception, (AttributeError, IndexError, TypeError, KeyError)), r.exception
+        invoke_cli(fid.main, ['calc'] + args + COMMON, fails_with=message)
     assert not marker.exists()
 
 #----------------------------------------------------------------------------
@@ -157,12 +130,8 @@ def test_network_cli_errors(setup, tmp_path):
 def test_torchrun_two_processes_match_single_process(setup):
     args = ['calc', f'--network={setup["nets"]["rgb"]}', '--seeds=0-12', '--batch=3', '--steps=3', '--S_churn=5',
         f'--ref={setup["ref"]}', '--kid'] + COMMON
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'fid.py'] + args,
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    r = _invoke(fid.main, args)
-    assert r.exit_code == 0, r.output
+    proc = run_torchrun('fid.py', *args)
+    r = invoke_cli(fid.main, args)
     two, one = (_values(proc.stdout), _values(proc.stdout, "KID")), (_values(r.stdout), _values(r.stdout, "KID"))
     assert len(one[0]) == 1 and len(one[1]) == 1 and len(two[0]) == 1   # printed once, by rank 0
     assert two[0][0] == pytest.approx(one[0][0], rel=1e-6)   # float64 sums in another order
@@ -175,9 +144,7 @@ def test_torchrun_two_processes_match_single_process(setup):
 def test_torchrun_bad_reference_exits_every_rank(setup, tmp_path):
     np.savez(tmp_path / 'inception.npz', mu=np.zeros(8), sigma=np.eye(8))   # no 'detector' key: Inception statistics
     args = ['calc', f'--network={setup["nets"]["rgb"]}', '--seeds=0-3', f'--ref={tmp_path / "inception.npz"}'] + COMMON
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'fid.py'] + args,
-        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
+    proc = run_torchrun('fid.py', *args, timeout=120, fails=True)
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith('Error: ')]
     assert len(errors) == 1 and 'same detector' in errors[0], proc.stdout + proc.stderr
     assert 'fid.py", line' not in proc.stderr, proc.stderr   # no worker traceback (torchrun prints its own)

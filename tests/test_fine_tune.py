@@ -11,8 +11,6 @@ import fine_tune
 from edm_spectral.checkpoints import load_training_state
 from training import snapshots
 
-# (write_released_snapshot is still imported from this module by test_sweep.py and
-# test_metrics_during_training.py, rather than from conftest.)
 from conftest import make_dataset, read_stats, write_released_snapshot
 
 #----------------------------------------------------------------------------

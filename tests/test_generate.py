@@ -15,7 +15,7 @@ from training import sampling
 from training import images as img
 from training.dataset import ImageFolderDataset
 
-from conftest import REPO
+from conftest import REPO, write_tiny_snapshot
 
 ALL_CONFIGS = list(itertools.product(['euler', 'heun'], ['vp', 've', 'iddpm', 'edm'], ['vp', 've', 'linear'], ['vp', 'none']))
 
@@ -326,24 +326,12 @@ def test_saved_images_read_back(tmp_path):
         assert torch.equal(torch.from_numpy(np.stack([dataset[i][0] for i in range(3)])), x)
 
 #----------------------------------------------------------------------------
-# The CLI on a tiny real network snapshot.
-
-def make_snapshot(path, channels=3, label_dim=0):
-    from training.networks import EDMPrecond
-    from training.snapshots import save_snapshot
-    net = EDMPrecond(img_resolution=8, img_channels=channels, label_dim=label_dim, model_type='SongUNet',
-        model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():  # move away from the (partly zero) init so that outputs depend on all weights
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    save_snapshot(str(path), net, dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset'))
-    return net.eval()
+# The CLI on a tiny real network snapshot (conftest.write_tiny_snapshot).
 
 @pytest.fixture(scope='module')
 def snapshot(tmp_path_factory):
     path = tmp_path_factory.mktemp('net') / 'network-snapshot-000000.pkl'
-    net = make_snapshot(path)
+    net = write_tiny_snapshot(path)
     return str(path), net
 
 def read_pngs(folder, seeds, subdirs=False):
@@ -377,7 +365,7 @@ def test_cli_ablation_grid_and_subdirs(snapshot, tmp_path, cli):
 
 def test_cli_grayscale_and_conditional(tmp_path, cli):
     path = tmp_path / 'cond.pkl'
-    make_snapshot(path, channels=1, label_dim=5)
+    write_tiny_snapshot(path, channels=1, label_dim=5)
     cli(generate.main, [f'--network={path}', f'--outdir={tmp_path / "a"}', '--seeds=0-2', '--steps=3', '--class=4', '--device=cpu'])
     assert PIL.Image.open(tmp_path / 'a' / '000002.png').mode == 'L'
     cli(generate.main, [f'--network={path}', f'--outdir={tmp_path / "b"}', '--seeds=0-2', '--steps=3', '--device=cpu'])

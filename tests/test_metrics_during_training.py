@@ -6,21 +6,16 @@ detector: the values are NOT FIDs."""
 import json
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import fid  # noqa: E402 (repository root scripts)
-import fine_tune  # noqa: E402
-import train  # noqa: E402
-from edm_spectral import detectors, metrics, spectrum  # noqa: E402
-from test_fine_tune import write_released_snapshot  # noqa: E402
-from test_train import make_dataset  # noqa: E402
+from conftest import invoke_cli, make_dataset, write_released_snapshot
+import fid  # (repository root scripts)
+import fine_tune
+import train
+from edm_spectral import detectors, metrics, spectrum
 
 TRAIN = ['--device=cpu', '--cbase=16', '--cres=1,2', '--batch=4', '--duration=0.000008', '--tick=1', '--seed=3', '--lr-rampup=0', '--nosubdir']
 
@@ -30,11 +25,6 @@ def setup(tmp_path_factory):
     detector = str(root / 'standin-detector.pt')
     torch.jit.script(detectors.StandinDetector()).save(detector)   # NOT an FID detector
     return dict(root=root, data=make_dataset(str(root / 'data')), detector=detector)
-
-def _invoke(cli, args):
-    r = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    return r
 
 def _lines(run_dir):
     with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
@@ -46,7 +36,7 @@ def _lines(run_dir):
 @pytest.mark.filterwarnings('ignore:Matrix is singular')   # 8 images, 256-d features
 def test_train_metrics_jsonl(setup):
     run_dir = str(setup['root'] / 'with')
-    r = _invoke(train.main, [f'--outdir={run_dir}', f'--data={setup["data"]}', '--metrics=fid10k,spectrum', '--metrics-seeds=0-7',
+    r = invoke_cli(train.main, [f'--outdir={run_dir}', f'--data={setup["data"]}', '--metrics=fid10k,spectrum', '--metrics-seeds=0-7',
         f'--metrics-detector={setup["detector"]}'] + TRAIN)
     lines = _lines(run_dir)
     assert [(l['metric'], l['cur_nimg']) for l in lines] == [('fid10k', 4), ('spectrum', 4), ('fid10k', 8), ('spectrum', 8)]
@@ -64,8 +54,8 @@ def test_train_metrics_jsonl(setup):
     # against reference statistics of the dataset.
     snapshot = os.path.join(run_dir, lines[2]['snapshot_pkl'])
     ref = str(setup['root'] / 'ref.npz')
-    _invoke(fid.main, ['ref', f'--data={setup["data"]}', f'--dest={ref}', f'--detector={setup["detector"]}', '--workers=0', '--device=cpu'])
-    r = _invoke(fid.main, ['calc', f'--network={snapshot}', f'--ref={ref}', '--seeds=0-7', f'--detector={setup["detector"]}',
+    invoke_cli(fid.main, ['ref', f'--data={setup["data"]}', f'--dest={ref}', f'--detector={setup["detector"]}', '--workers=0', '--device=cpu'])
+    r = invoke_cli(fid.main, ['calc', f'--network={snapshot}', f'--ref={ref}', '--seeds=0-7', f'--detector={setup["detector"]}',
         '--workers=0', '--device=cpu'])
     assert float(re.search(r'^FID \(stand-in[^)]*\): (\S+)$', r.stdout, re.M).group(1)) == pytest.approx(lines[2]['results']['fid10k'], rel=1e-5)
     from edm_spectral.checkpoints import load_network
@@ -76,7 +66,7 @@ def test_train_metrics_jsonl(setup):
 
     # Without --metrics the same run trains bitwise the same weights, and writes no metrics.jsonl.
     plain = str(setup['root'] / 'without')
-    _invoke(train.main, [f'--outdir={plain}', f'--data={setup["data"]}'] + TRAIN)
+    invoke_cli(train.main, [f'--outdir={plain}', f'--data={setup["data"]}'] + TRAIN)
     assert not os.path.exists(os.path.join(plain, 'metrics.jsonl'))
     with open(os.path.join(plain, 'training_options.json')) as f:
         assert 'snapshot_callback_kwargs' not in json.load(f)
@@ -87,7 +77,7 @@ def test_train_metrics_jsonl(setup):
 def test_fine_tune_metrics(setup):
     net = write_released_snapshot(setup['root'] / 'edm-tiny-8x8-uncond-vp.pkl')
     run_dir = str(setup['root'] / 'ft')
-    _invoke(fine_tune.main, [f'--network={net}', f'--data={setup["data"]}', f'--outdir={run_dir}', '--nosubdir', '--device=cpu',
+    invoke_cli(fine_tune.main, [f'--network={net}', f'--data={setup["data"]}', f'--outdir={run_dir}', '--nosubdir', '--device=cpu',
         '--batch=4', '--duration=0.000008', '--tick=0.004', '--metrics=spectrum', '--metrics-seeds=0-3'])
     lines = _lines(run_dir)
     assert [(l['metric'], l['cur_nimg']) for l in lines] == [('spectrum', 4), ('spectrum', 8)]
@@ -107,5 +97,4 @@ def test_metrics_options_errors(setup, tmp_path):
         (['--metrics=fid10k', f'--metrics-ref={tmp_path}/none.npz'], 'not found'),
     ]
     for args, message in cases:
-        r = CliRunner().invoke(train.main, base + args)
-        assert r.exit_code != 0 and message in r.output, (args, r.output)
+        invoke_cli(train.main, base + args, fails_with=message)

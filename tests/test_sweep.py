@@ -7,21 +7,15 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import dataset_tool  # noqa: E402 (repository root scripts)
-import fid  # noqa: E402
-from edm_spectral import detectors, metrics, spectrum, sweep  # noqa: E402
-from test_fine_tune import write_released_snapshot  # noqa: E402
-from test_train import make_dataset  # noqa: E402
+from conftest import invoke_cli, make_dataset, run_torchrun, write_released_snapshot
+import dataset_tool  # (repository root scripts)
+import fid
+from edm_spectral import detectors, metrics, spectrum, sweep
 
 ROWS = 'none,wavelet-bior1.3-unweighted'   # the control and one regularized row keep the test short
 EVAL = ['--seeds=0-7', '--repeats=3', '--steps=2', '--batch=8', '--device=cpu']
@@ -30,15 +24,14 @@ FINE_TUNE = ['--', '--batch=4', '--duration=0.000008', '--tick=0.004', '--snap=1
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp('sweep')
-    r = CliRunner().invoke(dataset_tool.main, [f'--source={make_dataset(str(root / "images"))}', f'--dest={root / "ffhq-8x8.zip"}'])
-    assert r.exit_code == 0, r.output
+    invoke_cli(dataset_tool.main, [f'--source={make_dataset(str(root / "images"))}', f'--dest={root / "ffhq-8x8.zip"}'])
     detector = str(root / 'standin-detector.pt')
     torch.jit.script(detectors.StandinDetector()).save(detector)   # a TorchScript file, as a user's own detector would be: NOT an FID detector
     return dict(root=root, data=str(root / 'ffhq-8x8.zip'), detector=detector,
         net=write_released_snapshot(root / 'edm-tiny-8x8-uncond-vp.pkl'))
 
-def _run(args):
-    return CliRunner().invoke(sweep.cmdline, ['run'] + args, catch_exceptions=False)
+def _run(args, **kwargs):
+    return invoke_cli(sweep.cmdline, ['run'] + args, **kwargs)
 
 #----------------------------------------------------------------------------
 # One command from checkpoint + zip to results.md (run once for the tests below).
@@ -48,8 +41,7 @@ def swept(setup):
     outdir = str(setup['root'] / 'out')
     args = [f'--network={setup["net"]}', f'--data={setup["data"]}', f'--outdir={outdir}', f'--detector={setup["detector"]}',
         f'--only={ROWS}'] + EVAL + FINE_TUNE
-    r = _run(args)
-    assert r.exit_code == 0, r.output
+    _run(args)
     with open(os.path.join(outdir, 'results.json')) as f:
         results = json.load(f)
     with open(os.path.join(outdir, 'results.md')) as f:
@@ -79,9 +71,8 @@ def test_sweep_end_to_end(setup, swept):
 
     with open(os.path.join(outdir, reg['run_dir'], 'sweep-eval.json')) as f:
         snapshot = os.path.join(outdir, reg['run_dir'], json.load(f)['snapshot'])   # the last one, as weight-movement.json names it
-    r = CliRunner().invoke(fid.main, ['calc', f'--network={snapshot}', f'--ref={os.path.join(outdir, "ref.npz")}', '--seeds=0-7',
+    r = invoke_cli(fid.main, ['calc', f'--network={snapshot}', f'--ref={os.path.join(outdir, "ref.npz")}', '--seeds=0-7',
         '--repeats=3', '--steps=2', '--batch=8', f'--detector={setup["detector"]}', '--workers=0', '--device=cpu'])
-    assert r.exit_code == 0, r.output
     printed = [float(v) for v in re.findall(r'of seeds [0-9-]+: ([-+0-9.e]+)$', r.output, re.M)]
     assert printed == pytest.approx(reg['fids'], rel=1e-5)
 
@@ -103,13 +94,11 @@ def test_sweep_rerun_recomputes_nothing(swept, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(metrics, 'evaluate_network', refuse)
         r = _run(swept['args'])
-        assert r.exit_code == 0, r.output
     assert '(2 finished, 0 to do)' in r.output
     with open(os.path.join(swept['outdir'], 'results.md')) as f:
         assert f.read() == swept['md']
 
-    r = _run([a if a != '--repeats=3' else '--repeats=2' for a in swept['args']])
-    assert r.exit_code == 0, r.output
+    _run([a if a != '--repeats=3' else '--repeats=2' for a in swept['args']])
     with open(os.path.join(swept['outdir'], 'results.json')) as f:
         again = json.load(f)['rows'][1]
     assert again['fids'] == swept['results']['rows'][1]['fids'][:2]
@@ -121,12 +110,8 @@ def test_sweep_eval_two_processes(setup, swept, tmp_path):
     run_dir = str(tmp_path / 'run')
     shutil.copytree(os.path.join(swept['outdir'], reg['run_dir']), run_dir)
     os.remove(os.path.join(run_dir, 'sweep-eval.json'))
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'edm_spectral.sweep', 'eval',
-        f'--run-dir={run_dir}', f'--ref={os.path.join(swept["outdir"], "ref.npz")}', f'--spectrum={os.path.join(swept["outdir"], "dataset-spectrum.json")}',
-        f'--detector={setup["detector"]}'] + EVAL
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
+    run_torchrun('-m', 'edm_spectral.sweep', 'eval', f'--run-dir={run_dir}', f'--ref={os.path.join(swept["outdir"], "ref.npz")}',
+        f'--spectrum={os.path.join(swept["outdir"], "dataset-spectrum.json")}', f'--detector={setup["detector"]}', *EVAL)
     with open(os.path.join(run_dir, 'sweep-eval.json')) as f:
         two = json.load(f)
     assert two['fids'] == pytest.approx(reg['fids'], rel=1e-9)
@@ -142,7 +127,6 @@ def test_sweep_dry_run(setup, tmp_path):
     args = [f'--network={setup["net"]}', f'--network={ve}', f'--data={setup["data"]}', f'--outdir={outdir}', '--nproc=8',
         '--dry-run', '--', '--duration=0.5']
     r = _run(args)
-    assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     fine_tunes = [l for l in lines if l.startswith('[')]
     evals = [l for l in lines if l.strip().startswith('eval ')]
@@ -170,7 +154,6 @@ def test_sweep_dry_run(setup, tmp_path):
 def test_sweep_print_jobs(setup, tmp_path):
     r = _run([f'--network={setup["net"]}', f'--data={setup["data"]}', f'--outdir={tmp_path / "jobs"}', '--nproc=8', '--print-jobs',
         '--ref=https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/ffhq-64x64.npz'])
-    assert r.exit_code == 0, r.output
     jobs = [l for l in r.output.splitlines() if not l.startswith('#')]
     assert len(jobs) == 1 + 9   # prepare (the dataset spectrum), then one job per row
     assert 'edm_spectral.sweep prepare' in jobs[0] and '--ref=https://' in jobs[0]
@@ -208,5 +191,4 @@ def test_sweep_errors(setup, tmp_path):
         (base + [f'--network={tmp_path}/edm-tiny-8x8-uncond-vp.pkl'], 'different file names'),
     ]
     for args, message in cases:
-        r = CliRunner().invoke(sweep.cmdline, ['run'] + args)
-        assert r.exit_code != 0 and message in r.output, (args, r.output)
+        _run(args, fails_with=message)

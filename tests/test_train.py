@@ -19,9 +19,7 @@ import train
 from edm_spectral.checkpoints import load_snapshot, load_training_state
 from training import launch, snapshots, training_loop
 
-# (make_dataset and loop_kwargs are still imported from this module by test_sweep.py,
-# test_metrics_during_training.py and test_train_stop_poll.py, rather than from conftest.)
-from conftest import REPO, TINY_ARCHS, child_env, loop_kwargs, make_dataset, read_stats  # noqa: F401
+from conftest import REPO, child_env, loop_kwargs, read_stats, tiny_ddpmpp
 
 @pytest.fixture(scope='module')
 def data(tiny_dataset):
@@ -228,7 +226,7 @@ def test_train_cli_errors(tmp_path, data, cli, hostile):
     hostile.pickle()
     from training.networks import EDMPrecond
     from training.snapshots import save_snapshot
-    save_snapshot(str(tmp_path / 'res16.pkl'), EDMPrecond(img_resolution=16, img_channels=3, **TINY_ARCHS['ddpmpp']))
+    save_snapshot(str(tmp_path / 'res16.pkl'), EDMPrecond(img_resolution=16, img_channels=3, **tiny_ddpmpp()))
     for path, message in [(tmp_path / 'corrupt.pkl', 'not a readable network snapshot'), (hostile.root / 'evil.pkl', '--trust-code'),
             (tmp_path / 'res16.pkl', 'for 16x16 images, the dataset is 8x8')]:
         res = cli(train.main, base + [f'--data={data}', f'--transfer={path}'], fails_with=message)

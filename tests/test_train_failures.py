@@ -17,26 +17,17 @@ import numpy as np
 import PIL.Image
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from edm_spectral.checkpoints import load_training_state  # noqa: E402
-from training import launch  # noqa: E402
+from conftest import REPO, child_env
+from edm_spectral.checkpoints import load_training_state
+from training import launch
 
 # A tiny network, two data workers; a case may give an option again (click keeps the last).
 TINY = ['--device=cpu', '--cbase=8', '--cres=1,2', '--batch=4', '--duration=0.00004', '--tick=1', '--seed=1', '--workers=2']
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    for key in ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT']:
-        env.pop(key, None)
-    return env
-
 # train.py as its own process (a hang shows only there: at exit, Python waits for the workers).
 def run_train(args, timeout=90):
     start = time.time()
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] + args, cwd=ROOT, env=_env(),
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'train.py')] + args, cwd=REPO, env=child_env(),
         capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr, time.time() - start
 
@@ -174,9 +165,9 @@ def test_resume_continues_to_a_fractional_duration(inputs, tmp_path):
 
 def test_sigterm_between_ticks_replaces_nothing(inputs, tmp_path):
     outdir = tmp_path / 'runs'
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={inputs["good"]}'] + TINY + [
+    cmd = [sys.executable, os.path.join(REPO, 'train.py'), f'--outdir={outdir}', f'--data={inputs["good"]}'] + TINY + [
         '--batch=100', '--duration=10', '--tick=1', '--snap=1', '--dump=1', '--workers=1']
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120 # wait for tick 1's state (a generous bound, not a timing assertion)
         while not glob.glob(str(outdir / '*' / 'training-state-000001.pt')) and proc.poll() is None and time.time() < deadline:

@@ -4,16 +4,11 @@ same step even when only one rank was asked to stop."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from test_train import loop_kwargs, make_dataset  # noqa: E402
+from conftest import REPO, child_env, make_dataset
 
 # Each rank counts the steps through the per-step EMA update and the stop all-reduces through
 # the flag tensor's shape; rank 1 alone asks to stop after its 5th step, between two polls.
@@ -23,7 +18,7 @@ _WORKER = textwrap.dedent('''
     import torch
     from torch_utils import distributed as dist
     from training import training_loop
-    from test_train import loop_kwargs
+    from conftest import loop_kwargs
 
     def main():
         training_loop._STOP_POLL_STEPS = 4
@@ -50,22 +45,15 @@ _WORKER = textwrap.dedent('''
     main()
 ''')
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-def test_ranks_poll_stop_requests_and_stop_together(tmp_path):
+def test_ranks_poll_stop_requests_and_stop_together(tmp_path, free_port):
     data = make_dataset(str(tmp_path / 'data' / 'tiny-8x8'))
     run_dir, out = str(tmp_path / 'run'), str(tmp_path / 'result')
     os.makedirs(run_dir)
     script = tmp_path / 'worker.py'
-    script.write_text(_WORKER.format(root=ROOT, tests=os.path.join(ROOT, 'tests'), run_dir=run_dir, data=data, out=out))
-    port = _free_port()
+    script.write_text(_WORKER.format(root=REPO, tests=os.path.join(REPO, 'tests'), run_dir=run_dir, data=data, out=out))
     procs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
-            MASTER_PORT=str(port), OMP_NUM_THREADS='1')
+        env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port))
         procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
