@@ -22,6 +22,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+# One intra-op thread for the tests and their children, unless the caller chose: the tensors
+# are tiny, and on a busy 2-core machine a second thread that waits for a taken core makes a
+# small convolution 100 to 300 times slower. Set before torch starts its thread pool; a test
+# that needs another count sets it itself (tests/test_golden.py: its baseline's 2 threads).
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+if 'torch' in sys.modules:
+    sys.modules['torch'].set_num_threads(int(os.environ['OMP_NUM_THREADS']))
+
 #----------------------------------------------------------------------------
 # Hostile pickles: unpickling the payload runs code that writes a marker file, so a test can
 # tell whether a loader executed it. Only a loader told to trust the file may.

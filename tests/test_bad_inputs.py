@@ -17,22 +17,23 @@ from click.testing import CliRunner
 from conftest import REPO, child_env, tiny_ddpmpp
 
 #----------------------------------------------------------------------------
-# The CLIs: import name, how to start one as a process, and options every case of it gets
-# first (a case may give them again; click keeps the last value).
+# The CLIs: import name, and options every case of it gets first (a case may give them again;
+# click keeps the last value). Every case ends before any work starts, so all run in this
+# process (the training CLIs' failures in a running loop: tests/test_train_failures.py).
 
 CLIS = {
-    'dataset_tool': ('dataset_tool', 'main', ['dataset_tool.py'], []),
-    'generate':     ('generate', 'main', ['generate.py'], ['--device=cpu', '--seeds=0', '--steps=2']),
-    'fid':          ('fid', 'main', ['fid.py'], ['--device=cpu', '--workers=0']),
-    'spectrum':     ('edm_spectral.spectrum', 'cmdline', ['-m', 'edm_spectral.spectrum'], []),
-    'train':        ('train', 'main', ['train.py'], ['--device=cpu']),
-    'fine_tune':    ('fine_tune', 'main', ['fine_tune.py'], ['--device=cpu']),
+    'dataset_tool': ('dataset_tool', 'main', []),
+    'generate':     ('generate', 'main', ['--device=cpu', '--seeds=0', '--steps=2']),
+    'fid':          ('fid', 'main', ['--device=cpu', '--workers=0']),
+    'spectrum':     ('edm_spectral.spectrum', 'cmdline', []),
+    'train':        ('train', 'main', ['--device=cpu']),
+    'fine_tune':    ('fine_tune', 'main', ['--device=cpu']),
 }
 GROUPS = {'fid', 'spectrum'} # the second word is the sub-command
 
 def _command(name):
     import importlib
-    module, attr, _, _ = CLIS[name]
+    module, attr, _ = CLIS[name]
     return getattr(importlib.import_module(module), attr)
 
 # A case line 'fid ref --data={data} ...' as argument words, the common options after the
@@ -41,23 +42,18 @@ def _argv(case, paths):
     words = case.split()
     name, rest = words[0], words[1:]
     head = rest[:1] if name in GROUPS else []
-    return name, head + CLIS[name][3] + [w.format(**paths) for w in rest[len(head):]]
+    return name, head + CLIS[name][2] + [w.format(**paths) for w in rest[len(head):]]
 
-# Run a CLI in this process (CliRunner) or as its own process. Returns (exit code, output,
-# whether it ended the way a click error does rather than with an uncaught exception).
-def run_cli(case, paths, subprocess_timeout=None):
+# Run a CLI in this process (CliRunner). Returns (exit code, output, whether it ended the way a
+# click error does rather than with an uncaught exception).
+def run_cli(case, paths):
     name, argv = _argv(case, paths)
-    if subprocess_timeout is None:
-        result = CliRunner().invoke(_command(name), argv)
-        clean = result.exception is None or isinstance(result.exception, SystemExit)
-        return result.exit_code, result.output, clean
-    proc = subprocess.run([sys.executable] + CLIS[name][2] + argv, cwd=REPO, env=child_env(), capture_output=True, text=True,
-        timeout=subprocess_timeout)
-    output = proc.stdout + proc.stderr
-    return proc.returncode, output, 'Traceback' not in output
+    result = CliRunner().invoke(_command(name), argv)
+    clean = result.exception is None or isinstance(result.exception, SystemExit)
+    return result.exit_code, result.output, clean
 
-def assert_clean_error(case, paths, message, subprocess_timeout=None):
-    code, output, clean = run_cli(case, paths, subprocess_timeout)
+def assert_clean_error(case, paths, message):
+    code, output, clean = run_cli(case, paths)
     assert code != 0, (case, output)
     assert clean and 'Traceback' not in output, (case, output)
     assert message.format(**paths) in output, (case, output)
@@ -192,9 +188,7 @@ HOSTILE_INPUTS = [
 
 @pytest.mark.parametrize('case, message', HOSTILE_INPUTS, ids=[case for case, _ in HOSTILE_INPUTS])
 def test_hostile_pickle_runs_no_code(paths, hostile, case, message):
-    # The training CLIs start a run: a process of their own, under a timeout (no hang).
-    timeout = 180 if case.split()[0] in ('train', 'fine_tune') and ' -n' not in case else None
-    code, output, clean = run_cli(case, paths, subprocess_timeout=timeout)
+    code, output, clean = run_cli(case, paths)
     assert not hostile.ran(), f'the payload ran: {case}\n{output}'
     refused = code != 0 and message.format(**paths) in output
     clean = clean and 'Traceback' not in output
@@ -284,7 +278,7 @@ def test_read_only_folder_is_refused():
         prefix = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] if os.geteuid() == 0 else []
         for dest in [os.path.join(locked, 'out.zip'), os.path.join(locked, 'new', 'out')]:
             proc = subprocess.run(prefix + [sys.executable, 'dataset_tool.py', f'--source={src}', f'--dest={dest}'], cwd=REPO,
-                capture_output=True, text=True, timeout=120)
+                env=child_env(), capture_output=True, text=True, timeout=120)
             output = proc.stdout + proc.stderr
             assert proc.returncode != 0 and 'Traceback' not in output, output
             assert f'--dest {dest} cannot be created: {locked} does not accept new files (Permission denied)' in output, output

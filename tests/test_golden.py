@@ -54,10 +54,14 @@ def _baseline():
 BASELINE = _baseline()
 BASELINE_THREADS = 2 # the baseline was recorded with 2 intra-op threads; gradients round per thread count
 
+# With a bitwise baseline, the thread count it was recorded with; without one, the checks are to
+# float32 round-off and the suite's one thread (tests/conftest.py) is kept: two threads on a busy
+# 2-core machine make these small networks many times slower.
 @pytest.fixture(autouse=True)
 def _baseline_threads():
     saved = torch.get_num_threads()
-    torch.set_num_threads(BASELINE_THREADS)
+    if BASELINE is not None:
+        torch.set_num_threads(BASELINE_THREADS)
     yield
     torch.set_num_threads(saved)
 

@@ -9,11 +9,9 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
-import PIL.Image
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, make_dataset
 
 def _run(cmd, cwd, env, timeout=300):
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -27,7 +25,7 @@ def installed(tmp_path_factory):
     build_env = dict(os.environ, PIP_NO_INDEX='1', PIP_DISABLE_PIP_VERSION_CHECK='1')
     # A private copy of the tree, so that the build writes nothing into the checkout.
     src = scratch / 'src'
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns('.venv', '.git', 'out', 'runs', 'build', '*.egg-info', '__pycache__', 'tests', 'docs'))
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns('.venv', '.git', 'out', 'runs', 'build', '*.egg-info', '__pycache__', 'tests', 'docs'))
     _run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-build-isolation', '-q', '--target', str(target), str(src)], cwd=scratch, env=build_env)
     outside = scratch / 'elsewhere'
     outside.mkdir()
@@ -38,23 +36,17 @@ def installed(tmp_path_factory):
 def _entry_point(target, name):
     return [sys.executable, str(target / 'bin' / name)]
 
-def _tiny_dataset(path, num=8, res=8):
-    rnd = np.random.RandomState(0)
-    os.makedirs(path / '00000')
-    for idx in range(num):
-        img = rnd.randint(0, 256, size=[res, res, 3]).astype(np.uint8)
-        PIL.Image.fromarray(img).save(path / '00000' / f'img{idx:08d}.png')
-    return str(path)
-
+# Where the modules are found, without importing them (the package __init__ files are empty).
 def test_installed_modules_come_from_the_target(installed):
     target, outside, env = installed
-    code = 'import training.sampling, edm_spectral.toy, train, generate; print(training.sampling.__file__); print(generate.__file__)'
+    code = ('import importlib.util as u; [print(u.find_spec(m).origin) for m in '
+        '["training.sampling", "edm_spectral.toy", "train", "generate", "fine_tune", "fid", "dataset_tool"]]')
     out = _run([sys.executable, '-c', code], cwd=outside, env=env).stdout.split()
-    assert all(path.startswith(str(target)) for path in out), out
+    assert len(out) == 7 and all(path.startswith(str(target)) for path in out), out
 
 def test_installed_train_and_generate(installed):
     target, outside, env = installed
-    data = _tiny_dataset(outside / 'data')
+    data = make_dataset(str(outside / 'data'), num=8)
     _run(_entry_point(target, 'edm-train') + ['--outdir=runs', f'--data={data}', '--device=cpu', '--cbase=8', '--cres=1,2',
         '--batch=4', '--duration=0.000004', '--tick=1', '--seed=1', '--grid-seeds=0-3'], cwd=outside, env=env)
     run_dir, = glob.glob(str(outside / 'runs' / '00000-*'))

@@ -1,11 +1,12 @@
-"""train.py on broken inputs and interrupted runs (issue 16): every failure ends the process
-within seconds with a one-line message (data workers and all), nothing is validated too late,
-a resume is exact or refused, and no file of a run is ever replaced by another of its name.
-Each bad-input case is one line of a table: the arguments, then a piece of the message."""
+"""train.py on broken inputs and interrupted runs (issue 16): every failure ends with a one-line
+message (a failure in the loop ends the process within seconds, data workers and all), nothing
+is validated too late, a resume is exact or refused, and no file of a run is ever replaced by
+another of its name. Each bad-input case is one line of a table: the arguments, then a piece of
+the message. What ends before training starts runs in this process (click's invoker); what
+starts the loop, its data workers or a signal runs train.py as its own process."""
 
 import glob
 import io
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from conftest import REPO, child_env
+import train
+from conftest import REPO, child_env, invoke_cli, read_stats
 from edm_spectral.checkpoints import load_training_state
 from training import launch
 
@@ -61,21 +63,21 @@ def inputs(tmp_path_factory):
         other_channels=_zip(root / 'other-channels.zip', good[:-1] + [_png(rnd.randint(0, 256, size=[16, 16], dtype=np.uint8))]),
         corrupt=_zip(root / 'corrupt.zip', good[:-1] + [_damaged_png(good[-1])]),
         res15=_zip(root / 'res15.zip', [_png(rnd.randint(0, 256, size=[15, 15, 3], dtype=np.uint8)) for _ in range(8)]),
+        small=_zip(root / 'small.zip', [_png(rnd.randint(0, 256, size=[8, 8, 3], dtype=np.uint8)) for _ in range(8)]), # for runs of 1000s of images
     )
     # A finished run with --cbase=8: its snapshot and training state.
     runs = root / 'runs'
-    code, output, _ = run_train([f'--outdir={runs}', f'--data={paths["good"]}', '--dump=1'] + TINY + ['--workers=1'])
-    assert code == 0, output
+    invoke_cli(train.main, [f'--outdir={runs}', f'--data={paths["good"]}', '--dump=1'] + TINY + ['--workers=1'])
     run_dir, = glob.glob(str(runs / '*'))
     paths.update(run_dir=run_dir, snapshot=sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl')))[0],
         state=sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt')))[-1])
     return paths
 
 #----------------------------------------------------------------------------
-# Bad inputs: (arguments, expected message). The message is one line, the exit prompt and
-# non-zero, no traceback; the data loader has two workers.
+# Bad inputs: (arguments, expected message). The message is one line, the exit non-zero, no
+# traceback, no run folder. These end before the run starts: in this process.
 
-BAD_INPUTS = [
+BAD_OPTIONS = [
     # Refused before the run folder is made: the dataset's images (checked when it is opened),
     # the network against them, the numbers, the starting point against the options.
     ('--data={other_size}',                                 'img00000007.png is 8x8 RGB, expected 16x16 RGB like the first image'),
@@ -89,26 +91,38 @@ BAD_INPUTS = [
     ('--data={good} --resume={state} --cbase=16',           '--resume: this state was trained with --cbase=8 (network_kwargs.model_channels=8), now 16; pass --allow-changes'),
     ('--data={good} --resume={state} --batch=8',            'this state was trained with --batch=4 (batch_size=4), now 8'),
     ('--data={good} --resume={state} --spectral=fourier-amp', 'this state was trained with --spectral=unset (loss_kwargs.spectral_kwargs.kind=unset), now "fourier-amp"'),
-    # Found by the training loop, which marks the run FAILED in its log.txt: a state that has
-    # nothing left to train, and an image that decodes badly in a data worker.
-    ('--data={good} --resume={state}',                      'FAILED: the training state has trained 40 images, the run asks for 40 in all'),
-    ('--data={corrupt}',                                    'FAILED: in a data loader worker: OSError: Cannot read image 00000/img00000007.png'),
 ]
 
-@pytest.mark.parametrize('case, message', BAD_INPUTS, ids=[f'{i}:{case}' for i, (case, _) in enumerate(BAD_INPUTS)])
-def test_bad_input_exits_promptly(case, message, inputs, tmp_path):
+def _one_error_line(output, message):
+    error_lines = [line for line in output.splitlines() if line.startswith('Error: ')]
+    assert len(error_lines) == 1 and message in error_lines[0], output
+    return error_lines[0][len('Error: '):]
+
+@pytest.mark.parametrize('case, message', BAD_OPTIONS, ids=[f'{i}:{case}' for i, (case, _) in enumerate(BAD_OPTIONS)])
+def test_bad_option_is_refused_before_the_run(case, message, inputs, tmp_path):
+    outdir = tmp_path / 'runs'
+    result = invoke_cli(train.main, [f'--outdir={outdir}'] + TINY + [word.format(**inputs) for word in case.split()], fails_with=message)
+    _one_error_line(result.output, message)
+    assert not os.path.exists(outdir), os.listdir(outdir)
+
+# Found by the training loop, which marks the run FAILED in its log.txt: a state that has
+# nothing left to train, and an image that decodes badly in one of the two data workers. As
+# processes: the exit is prompt, the workers' too (a hang runs into the timeout).
+LOOP_FAILURES = [
+    ('--data={good} --resume={state}',                      'the training state has trained 40 images, the run asks for 40 in all'),
+    ('--data={corrupt}',                                    'in a data loader worker: OSError: Cannot read image 00000/img00000007.png'),
+]
+
+@pytest.mark.parametrize('case, message', LOOP_FAILURES, ids=[f'{i}:{case}' for i, (case, _) in enumerate(LOOP_FAILURES)])
+def test_loop_failure_exits_promptly(case, message, inputs, tmp_path):
     outdir = tmp_path / 'runs'
     code, output, seconds = run_train([f'--outdir={outdir}'] + TINY + [word.format(**inputs) for word in case.split()], timeout=60)
     assert code != 0 and 'Traceback' not in output, output
-    error_lines = [line for line in output.splitlines() if line.startswith('Error: ')]
-    assert len(error_lines) == 1 and message.replace('FAILED: ', '') in error_lines[0], output
+    error = _one_error_line(output, message)
     assert seconds < 45, seconds # the process ends, its workers too (a hang ran into the timeout)
-    runs = glob.glob(str(outdir / '*'))
-    if not message.startswith('FAILED: '):
-        assert runs == [], runs
-    else:
-        with open(os.path.join(runs[0], 'log.txt')) as f:
-            assert f.read().splitlines()[-1] == 'FAILED: ' + error_lines[0][len('Error: '):]
+    run_dir, = glob.glob(str(outdir / '*'))
+    with open(os.path.join(run_dir, 'log.txt')) as f:
+        assert f.read().splitlines()[-1] == 'FAILED: ' + error
 
 #----------------------------------------------------------------------------
 # A hostile training state: refused with one line before the run folder is made (also with
@@ -116,21 +130,19 @@ def test_bad_input_exits_promptly(case, message, inputs, tmp_path):
 
 def test_hostile_resume_state(inputs, hostile, tmp_path):
     state = hostile.torch_save()
-    code, output, _ = run_train([f'--outdir={tmp_path}/runs', f'--data={inputs["good"]}', f'--resume={state}', '--allow-changes'] + TINY, timeout=60)
-    assert code != 0 and 'Traceback' not in output and not hostile.ran(), output
-    error_lines = [line for line in output.splitlines() if line.startswith('Error: ')]
-    assert len(error_lines) == 1 and error_lines[0].startswith('Error: --resume: '), output
-    assert 'which the weights-only loader does not allow' in output and '--trust-code' in output
-    assert glob.glob(str(tmp_path / 'runs' / '*')) == []
+    result = invoke_cli(train.main, [f'--outdir={tmp_path}/runs', f'--data={inputs["good"]}', f'--resume={state}', '--allow-changes'] + TINY,
+        fails_with='which the weights-only loader does not allow')
+    error = _one_error_line(result.output, 'weights-only loader')
+    assert not hostile.ran() and error.startswith('--resume: ') and '--trust-code' in error, result.output
+    assert not os.path.exists(tmp_path / 'runs')
 
 #----------------------------------------------------------------------------
 # --allow-changes continues, listing every difference.
 
 def test_allow_changes_lists_differences(inputs, tmp_path):
-    code, output, _ = run_train([f'--outdir={tmp_path}/runs', f'--data={inputs["good"]}', f'--resume={inputs["state"]}', '--allow-changes',
+    result = invoke_cli(train.main, [f'--outdir={tmp_path}/runs', f'--data={inputs["good"]}', f'--resume={inputs["state"]}', '--allow-changes',
         '--spectral=fourier-amp'] + TINY + ['--duration=0.000048', '--workers=1'])
-    assert code == 0, output
-    assert 'Warning: --allow-changes: this state was trained with --spectral=unset' in output
+    assert 'Warning: --allow-changes: this state was trained with --spectral=unset' in result.output
     state = load_training_state(sorted(glob.glob(str(tmp_path / 'runs' / '*' / 'training-state-*.pt')))[-1])
     assert state['cur_nimg'] == 48
 
@@ -147,25 +159,22 @@ def test_duration_is_exact():
 def test_resume_continues_to_a_fractional_duration(inputs, tmp_path):
     runs = tmp_path / 'runs'
     big = ['--batch=250', '--tick=1', '--dump=1', '--workers=1']
-    code, output, _ = run_train([f'--outdir={runs}', f'--data={inputs["good"]}'] + TINY + big + ['--duration=0.001'], timeout=300)
-    assert code == 0, output
+    invoke_cli(train.main, [f'--outdir={runs}', f'--data={inputs["small"]}'] + TINY + big + ['--duration=0.001'])
     first, = glob.glob(str(runs / '*'))
     state = os.path.join(first, 'training-state-000001.pt')
     assert load_training_state(state)['cur_nimg'] == 1000
-    code, output, _ = run_train([f'--outdir={runs}', f'--data={inputs["good"]}', f'--resume={state}'] + TINY + big + ['--duration=0.00125'], timeout=300)
-    assert code == 0, output
+    invoke_cli(train.main, [f'--outdir={runs}', f'--data={inputs["small"]}', f'--resume={state}'] + TINY + big + ['--duration=0.00125'])
     second, = [d for d in glob.glob(str(runs / '*')) if d != first]
-    with open(os.path.join(second, 'stats.jsonl')) as f:
-        ticks = [json.loads(line)['Progress/kimg']['mean'] for line in f]
-    assert ticks == [1.25] # one step of 250 images, not none
+    assert [tick['Progress/kimg']['mean'] for tick in read_stats(second)] == [1.25] # one step of 250 images, not none
 
 #----------------------------------------------------------------------------
-# SIGTERM between two ticks of the same kimg: the early-stop snapshot and state get the exact
-# image count; the files of the tick before are kept as they were.
+# SIGTERM stops a real train.py process cleanly (exit code 0, final snapshot and state), here
+# between two ticks of the same kimg: the early-stop snapshot and state get the exact image
+# count; the files of the tick before are kept as they were.
 
 def test_sigterm_between_ticks_replaces_nothing(inputs, tmp_path):
     outdir = tmp_path / 'runs'
-    cmd = [sys.executable, os.path.join(REPO, 'train.py'), f'--outdir={outdir}', f'--data={inputs["good"]}'] + TINY + [
+    cmd = [sys.executable, os.path.join(REPO, 'train.py'), f'--outdir={outdir}', f'--data={inputs["small"]}'] + TINY + [
         '--batch=100', '--duration=10', '--tick=1', '--snap=1', '--dump=1', '--workers=1']
     proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -178,7 +187,7 @@ def test_sigterm_between_ticks_replaces_nothing(inputs, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0 and 'Stopping early on request' in output, output
+    assert proc.returncode == 0 and 'Stopping early on request' in output and 'Exiting...' in output, output
     run_dir, = glob.glob(str(outdir / '*'))
     assert load_training_state(os.path.join(run_dir, 'training-state-000001.pt'))['cur_nimg'] == 1100 # tick 1: 100 + 1000 images
     last = sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt')), key=os.path.getmtime)[-1]
