@@ -252,6 +252,104 @@ def run_torchrun(*args, cwd=REPO, timeout=300, fails=False):
 def torchrun():
     return run_torchrun
 
+# Several commands in one torchrun launch (one start-up of the two processes and of their
+# process group): each command (a script and its options, or -m and a module) runs as
+# `python` would run it, in order; the group lives until the last one (their dist.shutdown
+# waits for the end). Rank 0 marks the start of each command on stdout and stderr after a
+# barrier, so that the output splits per command. A command that exits non-zero ends the
+# launch with its exit code. Returns the CompletedProcess and, per command started, its
+# (stdout, stderr).
+_COMMANDS_DRIVER = """
+import json, os, runpy, sys
+import torch
+from torch_utils import distributed as dist
+
+commands = json.load(open(sys.argv[1]))
+shutdown, dist.shutdown = dist.shutdown, lambda: None
+for index, argv in enumerate(commands):
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if int(os.environ['RANK']) == 0:
+        for stream in (sys.stdout, sys.stderr):
+            print(f'@@@ command {index}', file=stream, flush=True)
+    try:
+        if argv[0] == '-m':
+            sys.argv = argv[1:]
+            runpy.run_module(argv[1], run_name='__main__', alter_sys=True)
+        else:
+            sys.argv = argv
+            runpy.run_path(argv[0], run_name='__main__')
+    except SystemExit as e:
+        if e.code not in (0, None):
+            sys.stdout.flush()
+            shutdown()
+            sys.exit(e.code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+shutdown()
+"""
+
+def run_torchrun_commands(commands, root, timeout=300, fails=False):
+    commands = [[str(a) for a in argv] for argv in commands]
+    with open(os.path.join(str(root), 'commands.json'), 'w') as f:
+        json.dump(commands, f)
+    driver = os.path.join(str(root), 'commands_driver.py')
+    with open(driver, 'w') as f:
+        f.write(_COMMANDS_DRIVER)
+    proc = run_torchrun(driver, os.path.join(str(root), 'commands.json'), cwd=REPO, timeout=timeout, fails=fails)
+    split = lambda text: [part.split('\n', 1)[1] if '\n' in part else '' for part in text.split('@@@ command ')[1:]]
+    return proc, list(zip(split(proc.stdout), split(proc.stderr)))
+
+# One two-process (Gloo) launch checked by several test files, each against the same command
+# in one process: generate.py (PNGs, grid), fid.py ref (statistics, features), fid.py calc
+# --network (FID, KID), the sweep's eval step, and last fid.py calc with a reference of
+# another detector, which must end every rank with one error line. The inputs: a tiny network
+# snapshot, 24 random 16x16 images, their reference statistics (with features, for KID) and
+# the sweep's prepare output for a tiny 8x8 dataset. Each entry of `commands` holds the options (without an output
+# path) and the command's (stdout, stderr).
+GLOO_ARGS = dict(
+    generate=['--seeds=0-6', '--batch=2', '--steps=3', '--S_churn=5', '--device=cpu'],
+    fid_ref=['ref', '--detector=standin', '--workers=0', '--device=cpu', '--batch=5', '--features'],
+    fid_calc=['calc', '--seeds=0-12', '--batch=3', '--steps=3', '--S_churn=5', '--kid', '--detector=standin', '--workers=0', '--device=cpu'],
+    sweep_eval=['eval', '--seeds=0-7', '--repeats=3', '--steps=2', '--batch=8', '--detector=standin', '--device=cpu'],
+)
+
+@pytest.fixture(scope='session')
+def gloo_runs(tmp_path_factory):
+    import PIL.Image
+    import fid
+    from edm_spectral import sweep
+    root = tmp_path_factory.mktemp('gloo')
+    net = str(root / 'net.pkl')
+    write_tiny_snapshot(net)
+    rnd = np.random.RandomState(0)
+    os.makedirs(root / 'images')
+    for i in range(24):
+        PIL.Image.fromarray(rnd.randint(0, 256, size=[16, 16, 3], dtype=np.uint8)).save(root / 'images' / f'{i:03d}.png')
+    images, ref = str(root / 'images'), str(root / 'ref.npz')
+    invoke_cli(fid.main, GLOO_ARGS['fid_ref'] + [f'--data={images}', f'--dest={ref}'])       # the one-process statistics
+    sweep_data = make_dataset(str(root / 'sweep-data'), res=8)   # the resolution of the network, for the spectrum
+    invoke_cli(sweep.cmdline, ['prepare', f'--data={sweep_data}', f'--outdir={root / "sweep"}', '--detector=standin', '--device=cpu'])
+    sweep_run = root / 'sweep' / 'run'
+    os.makedirs(sweep_run)
+    write_tiny_snapshot(sweep_run / 'network-snapshot-000000.pkl')
+    with open(sweep_run / 'weight-movement.json', 'w') as f:
+        json.dump(dict(snapshot='network-snapshot-000000.pkl', relative_l2=0.0), f)
+    np.savez(root / 'inception.npz', mu=np.zeros(8), sigma=np.eye(8))   # no 'detector' key: Inception statistics
+    sweep_inputs = [f'--ref={root / "sweep" / "ref.npz"}', f'--spectrum={root / "sweep" / "dataset-spectrum.json"}']
+    commands = dict(
+        generate=['generate.py', f'--network={net}', *GLOO_ARGS['generate'], f'--outdir={root / "generate"}', f'--grid={root / "grid.png"}'],
+        fid_ref=['fid.py', *GLOO_ARGS['fid_ref'], f'--data={images}', f'--dest={root / "ref-two.npz"}'],
+        fid_calc=['fid.py', *GLOO_ARGS['fid_calc'], f'--network={net}', f'--ref={ref}'],
+        sweep_eval=['-m', 'edm_spectral.sweep', *GLOO_ARGS['sweep_eval'], f'--run-dir={sweep_run}', *sweep_inputs],
+        bad_ref=['fid.py', 'calc', f'--network={net}', '--seeds=0-3', f'--ref={root / "inception.npz"}', '--detector=standin', '--workers=0', '--device=cpu'],
+    )
+    proc, outputs = run_torchrun_commands(list(commands.values()), root, fails=True)
+    assert len(outputs) == len(commands), proc.stdout + proc.stderr
+    return dict(root=root, net=net, images=images, ref=ref, two_ref=str(root / 'ref-two.npz'), generate=str(root / 'generate'),
+        grid=str(root / 'grid.png'), sweep_run=str(sweep_run), sweep_inputs=sweep_inputs, returncode=proc.returncode,
+        outputs=dict(zip(commands, outputs)))
+
 #----------------------------------------------------------------------------
 # cli(command, args): invoke a click command in this process. Without fails_with, asserts
 # exit code 0 and shows the output and any traceback otherwise. With fails_with, asserts a

@@ -15,7 +15,7 @@ import torch
 import fid
 from edm_spectral import detectors
 
-from conftest import REPO, child_env
+from conftest import GLOO_ARGS, REPO, child_env
 
 #----------------------------------------------------------------------------
 # Helpers.
@@ -259,13 +259,14 @@ def test_default_workers_fit_the_cores(monkeypatch, cores, workers):
     assert fid._default_workers() == workers
 
 #----------------------------------------------------------------------------
-# Two CPU processes under torchrun (Gloo) give the same statistics and features as one process.
+# Two CPU processes under torchrun (Gloo; the suite's shared launch, conftest.gloo_runs) give the
+# same statistics and features of 24 random images as one process (`fid.py ref` in this
+# process, with the same options).
 
-def test_torchrun_two_processes_match_single_process(image_dirs, tmp_path, cli, torchrun):
-    args = ['ref', f'--data={image_dirs["noise"]}', '--detector=standin', '--workers=0', '--device=cpu', '--batch=5', '--features']
-    cli(fid.main, args + [f'--dest={tmp_path / "one.npz"}'])
-    torchrun('fid.py', *args, f'--dest={tmp_path / "two.npz"}')
-    one, two = np.load(tmp_path / 'one.npz'), np.load(tmp_path / 'two.npz')
+def test_torchrun_two_processes_match_single_process(gloo_runs, tmp_path, cli):
+    cli(fid.main, GLOO_ARGS['fid_ref'] + [f'--data={gloo_runs["images"]}', f'--dest={tmp_path / "one.npz"}'])
+    one, two = np.load(tmp_path / 'one.npz'), np.load(gloo_runs['two_ref'])
+    assert one['features'].shape == (24, 256)
     np.testing.assert_array_equal(one['features'], two['features'])
     np.testing.assert_allclose(one['mu'], two['mu'], rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(one['sigma'], two['sigma'], rtol=1e-10, atol=1e-13)

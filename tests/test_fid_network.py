@@ -9,9 +9,8 @@ import re
 import numpy as np
 import PIL.Image
 import pytest
-import torch
 
-from conftest import invoke_cli, run_torchrun, write_tiny_snapshot
+from conftest import GLOO_ARGS, invoke_cli, write_tiny_snapshot
 import fid  # (repository root scripts)
 import generate
 from edm_spectral import fid_stats
@@ -124,15 +123,14 @@ def test_network_cli_errors(setup, tmp_path):
     assert not marker.exists()
 
 #----------------------------------------------------------------------------
-# Two CPU processes under torchrun (Gloo) give the FID and KID of one process.
+# Two CPU processes under torchrun (Gloo; the suite's shared launch, conftest.gloo_runs) give the
+# FID and KID of one process.
 
 @pytest.mark.filterwarnings('ignore:Matrix is singular')
-def test_torchrun_two_processes_match_single_process(setup):
-    args = ['calc', f'--network={setup["nets"]["rgb"]}', '--seeds=0-12', '--batch=3', '--steps=3', '--S_churn=5',
-        f'--ref={setup["ref"]}', '--kid'] + COMMON
-    proc = run_torchrun('fid.py', *args)
-    r = invoke_cli(fid.main, args)
-    two, one = (_values(proc.stdout), _values(proc.stdout, "KID")), (_values(r.stdout), _values(r.stdout, "KID"))
+def test_torchrun_two_processes_match_single_process(gloo_runs):
+    r = invoke_cli(fid.main, GLOO_ARGS['fid_calc'] + [f'--network={gloo_runs["net"]}', f'--ref={gloo_runs["ref"]}'])
+    stdout = gloo_runs['outputs']['fid_calc'][0]
+    two, one = (_values(stdout), _values(stdout, "KID")), (_values(r.stdout), _values(r.stdout, "KID"))
     assert len(one[0]) == 1 and len(one[1]) == 1 and len(two[0]) == 1   # printed once, by rank 0
     assert two[0][0] == pytest.approx(one[0][0], rel=1e-6)   # float64 sums in another order
     assert two[1] == one[1]                                  # KID reads the gathered features, in seed order
@@ -140,13 +138,13 @@ def test_torchrun_two_processes_match_single_process(setup):
 #----------------------------------------------------------------------------
 
 # A reference that rank 0 refuses stops every rank at once (rank 1 would otherwise wait for
-# rank 0 at the network load): one error line, a non-zero exit, no hang.
-def test_torchrun_bad_reference_exits_every_rank(setup, tmp_path):
-    np.savez(tmp_path / 'inception.npz', mu=np.zeros(8), sigma=np.eye(8))   # no 'detector' key: Inception statistics
-    args = ['calc', f'--network={setup["nets"]["rgb"]}', '--seeds=0-3', f'--ref={tmp_path / "inception.npz"}'] + COMMON
-    proc = run_torchrun('fid.py', *args, timeout=120, fails=True)
-    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith('Error: ')]
-    assert len(errors) == 1 and 'same detector' in errors[0], proc.stdout + proc.stderr
-    assert 'fid.py", line' not in proc.stderr, proc.stderr   # no worker traceback (torchrun prints its own)
+# rank 0 at the network load): one error line, a non-zero exit, no hang. The last command of
+# the shared launch (conftest.gloo_runs), which run_torchrun waits for under a timeout.
+def test_torchrun_bad_reference_exits_every_rank(gloo_runs):
+    stdout, stderr = gloo_runs['outputs']['bad_ref']
+    assert gloo_runs['returncode'] != 0
+    errors = [line for line in (stdout + stderr).splitlines() if line.startswith('Error: ')]
+    assert len(errors) == 1 and 'same detector' in errors[0], stdout + stderr
+    assert 'fid.py", line' not in stderr, stderr   # no worker traceback (torchrun prints its own)
 
 #----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from training import sampling
 from training import images as img
 from training.dataset import ImageFolderDataset
 
-from conftest import REPO, write_tiny_snapshot
+from conftest import GLOO_ARGS, write_tiny_snapshot
 
 ALL_CONFIGS = list(itertools.product(['euler', 'heun'], ['vp', 've', 'iddpm', 'edm'], ['vp', 've', 'linear'], ['vp', 'none']))
 
@@ -398,15 +398,13 @@ def test_cli_errors(snapshot, tmp_path, cli):
     assert not os.path.exists(tmp_path / 'out' / '000000.png') or torch.cuda.device_count() > 7
 
 #----------------------------------------------------------------------------
-# Two processes under torchrun (Gloo) write the same PNGs as one process.
+# Two processes under torchrun (Gloo; the suite's shared launch, conftest.gloo_runs) write the
+# same PNGs as one process.
 
-def test_torchrun_two_processes(snapshot, tmp_path, cli, torchrun):
-    path, _ = snapshot
-    args = [f'--network={path}', '--seeds=0-6', '--batch=2', '--steps=3', '--S_churn=5', '--device=cpu']
-    torchrun(os.path.join(REPO, 'generate.py'), *args, f'--outdir={tmp_path / "two"}', f'--grid={tmp_path / "grid.png"}')
-    cli(generate.main, [*args, f'--outdir={tmp_path / "one"}'])
-    assert sorted(os.listdir(tmp_path / 'two')) == [f'{s:06d}.png' for s in range(7)]
-    assert np.array_equal(read_pngs(tmp_path / 'two', range(7)), read_pngs(tmp_path / 'one', range(7)))
-    assert np.asarray(PIL.Image.open(tmp_path / 'grid.png')).shape == (24, 24, 3)
+def test_torchrun_two_processes(gloo_runs, tmp_path, cli):
+    cli(generate.main, [f'--network={gloo_runs["net"]}', *GLOO_ARGS['generate'], f'--outdir={tmp_path / "one"}'])
+    assert sorted(os.listdir(gloo_runs['generate'])) == [f'{s:06d}.png' for s in range(7)]
+    assert np.array_equal(read_pngs(gloo_runs['generate'], range(7)), read_pngs(tmp_path / 'one', range(7)))
+    assert np.asarray(PIL.Image.open(gloo_runs['grid'])).shape == (24, 24, 3)
 
 #----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import invoke_cli, make_dataset, run_torchrun, write_released_snapshot
+from conftest import GLOO_ARGS, invoke_cli, make_dataset, write_released_snapshot
 import dataset_tool  # (repository root scripts)
 import fid
 from edm_spectral import detectors, metrics, spectrum, sweep
@@ -103,19 +103,18 @@ def test_sweep_rerun_recomputes_nothing(swept, monkeypatch):
         again = json.load(f)['rows'][1]
     assert again['fids'] == swept['results']['rows'][1]['fids'][:2]
 
-# The eval step as a torchrun job: two Gloo processes give the one-process numbers.
+# The eval step as a torchrun job (the suite's shared two-process Gloo launch, conftest.gloo_runs,
+# on a tiny snapshot): two processes give the numbers of one, the same command in this process.
 @pytest.mark.filterwarnings('ignore:Matrix is singular')
-def test_sweep_eval_two_processes(setup, swept, tmp_path):
-    reg = swept['results']['rows'][1]
+def test_sweep_eval_two_processes(gloo_runs, tmp_path):
     run_dir = str(tmp_path / 'run')
-    shutil.copytree(os.path.join(swept['outdir'], reg['run_dir']), run_dir)
+    shutil.copytree(gloo_runs['sweep_run'], run_dir)
     os.remove(os.path.join(run_dir, 'sweep-eval.json'))
-    run_torchrun('-m', 'edm_spectral.sweep', 'eval', f'--run-dir={run_dir}', f'--ref={os.path.join(swept["outdir"], "ref.npz")}',
-        f'--spectrum={os.path.join(swept["outdir"], "dataset-spectrum.json")}', f'--detector={setup["detector"]}', *EVAL)
-    with open(os.path.join(run_dir, 'sweep-eval.json')) as f:
-        two = json.load(f)
-    assert two['fids'] == pytest.approx(reg['fids'], rel=1e-9)
-    assert np.mean([d['overall'] for d in two['spectrum_distances']]) == pytest.approx(reg['spectrum_distance'], rel=1e-9)
+    invoke_cli(sweep.cmdline, GLOO_ARGS['sweep_eval'] + [f'--run-dir={run_dir}', *gloo_runs['sweep_inputs']])
+    (one, two) = (json.load(open(os.path.join(d, 'sweep-eval.json'))) for d in (run_dir, gloo_runs['sweep_run']))
+    assert len(two['fids']) == 3 and len(set(two['fids'])) == 3
+    assert two['fids'] == pytest.approx(one['fids'], rel=1e-9)
+    assert [d['overall'] for d in two['spectrum_distances']] == pytest.approx([d['overall'] for d in one['spectrum_distances']], rel=1e-9)
 
 #----------------------------------------------------------------------------
 # --dry-run prints the prepare step and, for every row, its fine-tune and its evaluation;
