@@ -300,13 +300,47 @@ def run_torchrun_commands(commands, root, timeout=300, fails=False):
     split = lambda text: [part.split('\n', 1)[1] if '\n' in part else '' for part in text.split('@@@ command ')[1:]]
     return proc, list(zip(split(proc.stdout), split(proc.stderr)))
 
+# The training loop with a deterministic loss, so that the per-rank noise streams do not enter
+# a comparison of two processes with one: `python ddp_driver.py RUN_DIR DATA`. The loop
+# imports the loss from this file by name (ddp_driver.DeterministicLoss), so nothing runs on
+# import; tests/test_train.py runs train_deterministic in its own process too.
+DETERMINISTIC_DRIVER = '''
+import os, sys
+import torch
+from training import launch, training_loop
+
+class DeterministicLoss:
+    def __call__(self, net, images, labels=None, augment_pipe=None):
+        sigma = (images.mean(dim=[1, 2, 3], keepdim=True).abs() + 0.5)
+        y = images + torch.sin(images * 7 + 1) * sigma
+        return (net(y, sigma.flatten(), labels) - images) ** 2 / sigma ** 2
+
+def train_deterministic(run_dir, data):
+    os.makedirs(run_dir, exist_ok=True)
+    training_loop.training_loop(run_dir=run_dir,
+        dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data, cache=True),
+        data_loader_kwargs=dict(num_workers=0),
+        network_kwargs=dict(class_name='training.networks.EDMPrecond', **launch.small_ddpmpp(model_channels=16, channel_mult=[1,2],
+            attn_resolutions=[4], dropout=0)),
+        loss_kwargs=dict(class_name='ddp_driver.DeterministicLoss'),
+        optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
+        seed=0, batch_size=8, batch_gpu=2, total_kimg=0.024, kimg_per_tick=0.008, snapshot_ticks=1, state_dump_ticks=100,
+        ema_halflife_kimg=0.01, lr_rampup_kimg=0, export_net='raw', device='cpu')
+
+if __name__ == '__main__':
+    train_deterministic(sys.argv[1], sys.argv[2])
+'''
+
 # One two-process (Gloo) launch checked by several test files, each against the same command
-# in one process: generate.py (PNGs, grid), fid.py ref (statistics, features), fid.py calc
-# --network (FID, KID), the sweep's eval step, and last fid.py calc with a reference of
-# another detector, which must end every rank with one error line. The inputs: a tiny network
-# snapshot, 24 random 16x16 images, their reference statistics (with features, for KID) and
-# the sweep's prepare output for a tiny 8x8 dataset. Each entry of `commands` holds the options (without an output
-# path) and the command's (stdout, stderr).
+# in one process or against what one process must give: generate.py (PNGs, grid), fid.py ref
+# (statistics, features), fid.py calc --network (FID, KID), the sweep's eval step, the
+# training loop with a deterministic loss (weights), train.py with the real stochastic loss
+# and a spectral term (one run folder, per-rank streams, both ranks' statistics, a grid), and
+# last fid.py calc with a reference of another detector, which must end every rank with one
+# error line. The inputs: a tiny network snapshot, 24 random 16x16 images, their reference
+# statistics (with features, for KID), the sweep's prepare output for a tiny 8x8 dataset, and
+# two 8x8 datasets of 16 and 64 images. GLOO_ARGS holds the options the tests repeat in one
+# process (without input and output paths); `outputs` each command's (stdout, stderr).
 GLOO_ARGS = dict(
     generate=['--seeds=0-6', '--batch=2', '--steps=3', '--S_churn=5', '--device=cpu'],
     fid_ref=['ref', '--detector=standin', '--workers=0', '--device=cpu', '--batch=5', '--features'],
@@ -336,18 +370,24 @@ def gloo_runs(tmp_path_factory):
     with open(sweep_run / 'weight-movement.json', 'w') as f:
         json.dump(dict(snapshot='network-snapshot-000000.pkl', relative_l2=0.0), f)
     np.savez(root / 'inception.npz', mu=np.zeros(8), sigma=np.eye(8))   # no 'detector' key: Inception statistics
+    (root / 'ddp_driver.py').write_text(DETERMINISTIC_DRIVER)   # beside the launch's driver: importable by name
+    train_data, deterministic_data = make_dataset(str(root / 'data' / 'tiny-8x8')), make_dataset(str(root / 'data64' / 'tiny-8x8'), num=64)
     sweep_inputs = [f'--ref={root / "sweep" / "ref.npz"}', f'--spectrum={root / "sweep" / "dataset-spectrum.json"}']
     commands = dict(
         generate=['generate.py', f'--network={net}', *GLOO_ARGS['generate'], f'--outdir={root / "generate"}', f'--grid={root / "grid.png"}'],
         fid_ref=['fid.py', *GLOO_ARGS['fid_ref'], f'--data={images}', f'--dest={root / "ref-two.npz"}'],
         fid_calc=['fid.py', *GLOO_ARGS['fid_calc'], f'--network={net}', f'--ref={ref}'],
         sweep_eval=['-m', 'edm_spectral.sweep', *GLOO_ARGS['sweep_eval'], f'--run-dir={sweep_run}', *sweep_inputs],
+        train_deterministic=[root / 'ddp_driver.py', root / 'ddp', deterministic_data],
+        train=['train.py', f'--outdir={root / "runs"}', f'--data={train_data}', '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=8',
+            '--batch-gpu=2', '--duration=0.000016', '--tick=1', '--snap=1', '--dump=1', '--spectral=fourier-amp', '--arch=ncsnpp', '--grid-seeds=0-3'],
         bad_ref=['fid.py', 'calc', f'--network={net}', '--seeds=0-3', f'--ref={root / "inception.npz"}', '--detector=standin', '--workers=0', '--device=cpu'],
     )
     proc, outputs = run_torchrun_commands(list(commands.values()), root, fails=True)
     assert len(outputs) == len(commands), proc.stdout + proc.stderr
     return dict(root=root, net=net, images=images, ref=ref, two_ref=str(root / 'ref-two.npz'), generate=str(root / 'generate'),
-        grid=str(root / 'grid.png'), sweep_run=str(sweep_run), sweep_inputs=sweep_inputs, returncode=proc.returncode,
+        grid=str(root / 'grid.png'), sweep_run=str(sweep_run), sweep_inputs=sweep_inputs, ddp_driver=str(root / 'ddp_driver.py'),
+        ddp_run=str(root / 'ddp'), deterministic_data=deterministic_data, train_runs=str(root / 'runs'), returncode=proc.returncode,
         outputs=dict(zip(commands, outputs)))
 
 #----------------------------------------------------------------------------

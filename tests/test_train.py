@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import sys
-import textwrap
 
 import numpy as np
 import PIL.Image
@@ -18,7 +17,7 @@ import train
 from edm_spectral.checkpoints import load_snapshot, load_training_state
 from training import launch, snapshots, training_loop
 
-from conftest import REPO, loop_kwargs, read_stats, tiny_ddpmpp
+from conftest import loop_kwargs, read_stats, tiny_ddpmpp
 
 @pytest.fixture(scope='module')
 def data(tiny_dataset):
@@ -253,52 +252,10 @@ def test_resume_needs_readers(tmp_path, data):
             training_loop.training_loop(**dict(kwargs, **{name: value, reader: None}))
 
 #----------------------------------------------------------------------------
-# One torchrun launch with two Gloo processes, checked several ways. The processes first
-# train with a deterministic loss (so that the per-rank noise streams do not enter the
-# comparison with one process), then run train.py itself as a script with the real
-# stochastic loss and a spectral term.
-
-DDP_DRIVER = textwrap.dedent('''
-    import os, runpy, sys
-    import torch
-    from training import training_loop
-
-    class DeterministicLoss:
-        def __call__(self, net, images, labels=None, augment_pipe=None):
-            sigma = (images.mean(dim=[1, 2, 3], keepdim=True).abs() + 0.5)
-            y = images + torch.sin(images * 7 + 1) * sigma
-            return (net(y, sigma.flatten(), labels) - images) ** 2 / sigma ** 2
-
-    def train_deterministic(run_dir, data):
-        os.makedirs(run_dir, exist_ok=True)
-        training_loop.training_loop(run_dir=run_dir,
-            dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data, cache=True),
-            data_loader_kwargs=dict(num_workers=0),
-            network_kwargs=dict(class_name='training.networks.EDMPrecond', model_type='SongUNet', model_channels=16, channel_mult=[1,2],
-                num_blocks=1, attn_resolutions=[4], dropout=0),
-            loss_kwargs=dict(class_name='ddp_driver.DeterministicLoss'),
-            optimizer_kwargs=dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8),
-            seed=0, batch_size=8, batch_gpu=2, total_kimg=0.024, kimg_per_tick=0.008, snapshot_ticks=1, state_dump_ticks=100,
-            ema_halflife_kimg=0.01, lr_rampup_kimg=0, export_net='raw', device='cpu')
-
-    # ddp_driver.py RUN_DIR DATA train.py OPTIONS...; the loss is imported from this file by
-    # name, so nothing runs on import. train.py shuts the process group down at its end.
-    if __name__ == '__main__':
-        train_deterministic(sys.argv[1], sys.argv[2])
-        sys.argv = sys.argv[3:]
-        runpy.run_path(sys.argv[0], run_name='__main__')
-''')
-
-@pytest.fixture(scope='module')
-def two_processes(tmp_path_factory, tiny_dataset, data, torchrun):
-    root = tmp_path_factory.mktemp('two-processes')
-    driver = root / 'ddp_driver.py'
-    driver.write_text(DDP_DRIVER)
-    deterministic_data = tiny_dataset('tiny-8x8', num=64)
-    torchrun(driver, root / 'ddp', deterministic_data, os.path.join(REPO, 'train.py'), f'--outdir={root / "runs"}', f'--data={data}',
-        '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=8', '--batch-gpu=2', '--duration=0.000016', '--tick=1', '--snap=1',
-        '--dump=1', '--spectral=fourier-amp', '--arch=ncsnpp', '--grid-seeds=0-3', cwd=root)
-    return dict(root=root, driver=driver, data=deterministic_data)
+# The suite's one torchrun launch with two Gloo processes (conftest.gloo_runs), checked several
+# ways. The processes train with a deterministic loss (conftest.DETERMINISTIC_DRIVER: the
+# per-rank noise streams do not enter the comparison with one process), and run train.py
+# itself as a script with the real stochastic loss and a spectral term.
 
 # The driver's deterministic run in this process, with one thread as each torchrun process.
 # The driver is imported under the module name that the loss's class name refers to.
@@ -318,10 +275,10 @@ def train_deterministic_here(driver, run_dir, data):
 # Deterministic loss: identical weights on both ranks (checked at every snapshot by
 # check_ddp_consistency on the raw net) and the same result as one process with the same
 # total batch, up to float32 round-off.
-def test_ddp_gloo_matches_single_process(two_processes):
-    train_deterministic_here(two_processes['driver'], str(two_processes['root'] / 'single'), two_processes['data'])
-    a = load_training_state(snapshots.latest_file(str(two_processes['root'] / 'ddp'), 'training-state', '.pt'))
-    b = load_training_state(snapshots.latest_file(str(two_processes['root'] / 'single'), 'training-state', '.pt'))
+def test_ddp_gloo_matches_single_process(gloo_runs, tmp_path):
+    train_deterministic_here(gloo_runs['ddp_driver'], str(tmp_path / 'single'), gloo_runs['deterministic_data'])
+    a = load_training_state(snapshots.latest_file(gloo_runs['ddp_run'], 'training-state', '.pt'))
+    b = load_training_state(snapshots.latest_file(str(tmp_path / 'single'), 'training-state', '.pt'))
     assert a['world_size'] == 2 and b['world_size'] == 1 and a['cur_nimg'] == b['cur_nimg'] == 24
     assert len(a['rng_states']) == 2
     sa, sb = a['net'].state_dict(), b['net'].state_dict()
@@ -331,16 +288,15 @@ def test_ddp_gloo_matches_single_process(two_processes):
     np.random.seed(0)
     torch.manual_seed(np.random.randint(1 << 31))
     init = dnnlib.util.construct_class_by_name(class_name='training.networks.EDMPrecond', img_resolution=8, img_channels=3, label_dim=0,
-        model_type='SongUNet', model_channels=16, channel_mult=[1,2], num_blocks=1, attn_resolutions=[4], dropout=0).state_dict()
+        **tiny_ddpmpp(dropout=0)).state_dict()
     assert max((sa[k] - init[k]).abs().max().item() for k in sa) > 1e-3
 
 #----------------------------------------------------------------------------
 # train.py in the same two processes: the real stochastic loss with a spectral term, a random
 # seed shared by the ranks, one run folder, consistent ranks at every snapshot.
 
-def test_train_cli_torchrun_two_processes(two_processes):
-    outdir = two_processes['root'] / 'runs'
-    run_dir, = glob.glob(str(outdir / '*'))
+def test_train_cli_torchrun_two_processes(gloo_runs):
+    run_dir, = glob.glob(os.path.join(gloo_runs['train_runs'], '*'))
     assert os.path.basename(run_dir) == '00000-tiny-8x8-uncond-ncsnpp-edm-gpus2-batch8-fp32'
     with open(os.path.join(run_dir, 'training_options.json')) as f:
         c = json.load(f)
