@@ -106,20 +106,25 @@ def test_bad_option_is_refused_before_the_run(case, message, inputs, tmp_path):
     assert not os.path.exists(outdir), os.listdir(outdir)
 
 # Found by the training loop, which marks the run FAILED in its log.txt: a state that has
-# nothing left to train, and an image that decodes badly in one of the two data workers. As
-# processes: the exit is prompt, the workers' too (a hang runs into the timeout).
+# nothing left to train (refused before the data loader starts: in this process), and an
+# image that decodes badly in one of the two data workers (as a process: the exit is prompt,
+# the workers' too; a hang runs into the timeout).
 LOOP_FAILURES = [
-    ('--data={good} --resume={state}',                      'the training state has trained 40 images, the run asks for 40 in all'),
-    ('--data={corrupt}',                                    'in a data loader worker: OSError: Cannot read image 00000/img00000007.png'),
+    ('--data={good} --resume={state}',  'the training state has trained 40 images, the run asks for 40 in all', False),
+    ('--data={corrupt}',                'in a data loader worker: OSError: Cannot read image 00000/img00000007.png', True),
 ]
 
-@pytest.mark.parametrize('case, message', LOOP_FAILURES, ids=[f'{i}:{case}' for i, (case, _) in enumerate(LOOP_FAILURES)])
-def test_loop_failure_exits_promptly(case, message, inputs, tmp_path):
+@pytest.mark.parametrize('case, message, as_process', LOOP_FAILURES, ids=[f'{i}:{case}' for i, (case, _, _) in enumerate(LOOP_FAILURES)])
+def test_loop_failure_is_one_line_and_marks_the_run(case, message, as_process, inputs, tmp_path):
     outdir = tmp_path / 'runs'
-    code, output, seconds = run_train([f'--outdir={outdir}'] + TINY + [word.format(**inputs) for word in case.split()], timeout=60)
-    assert code != 0 and 'Traceback' not in output, output
+    args = [f'--outdir={outdir}'] + TINY + [word.format(**inputs) for word in case.split()]
+    if as_process:
+        code, output, seconds = run_train(args, timeout=60)
+        assert code != 0 and 'Traceback' not in output, output
+        assert seconds < 45, seconds # the process ends, its workers too (a hang ran into the timeout)
+    else:
+        output = invoke_cli(train.main, args, fails_with=message).output
     error = _one_error_line(output, message)
-    assert seconds < 45, seconds # the process ends, its workers too (a hang ran into the timeout)
     run_dir, = glob.glob(str(outdir / '*'))
     with open(os.path.join(run_dir, 'log.txt')) as f:
         assert f.read().splitlines()[-1] == 'FAILED: ' + error
