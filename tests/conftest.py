@@ -256,13 +256,22 @@ def torchrun():
 # process group): each command (a script and its options, or -m and a module) runs as
 # `python` would run it, in order; the group lives until the last one (their dist.shutdown
 # waits for the end). Rank 0 marks the start of each command on stdout and stderr after a
-# barrier, so that the output splits per command. A command that exits non-zero ends the
-# launch with its exit code. Returns the CompletedProcess and, per command started, its
+# barrier, so that the output splits per command; after it, an argument {glob:PATTERN} becomes
+# the one file that matches (a file an earlier command made). A command that exits non-zero
+# ends the launch with its exit code. Returns the CompletedProcess and, per command started, its
 # (stdout, stderr).
 _COMMANDS_DRIVER = """
-import json, os, runpy, sys
+import glob, json, os, runpy, sys
 import torch
 from torch_utils import distributed as dist
+
+def resolve(arg):
+    if not (arg.startswith('{glob:') and arg.endswith('}')):
+        return arg
+    found = glob.glob(arg[len('{glob:'):-1])
+    if len(found) != 1:
+        sys.exit(f'{arg} matches {found}, not one file')
+    return found[0]
 
 commands = json.load(open(sys.argv[1]))
 shutdown, dist.shutdown = dist.shutdown, lambda: None
@@ -272,6 +281,7 @@ for index, argv in enumerate(commands):
     if int(os.environ['RANK']) == 0:
         for stream in (sys.stdout, sys.stderr):
             print(f'@@@ command {index}', file=stream, flush=True)
+    argv = [resolve(arg) for arg in argv]
     try:
         if argv[0] == '-m':
             sys.argv = argv[1:]
@@ -335,17 +345,21 @@ if __name__ == '__main__':
 # in one process or against what one process must give: generate.py (PNGs, grid), fid.py ref
 # (statistics, features), fid.py calc --network (FID, KID), the sweep's eval step, the
 # training loop with a deterministic loss (weights), train.py with the real stochastic loss
-# and a spectral term (one run folder, per-rank streams, both ranks' statistics, a grid), and
-# last fid.py calc with a reference of another detector, which must end every rank with one
+# and a spectral term (one run folder, per-rank streams, both ranks' statistics, a grid), the
+# DiffWave trainer and then the vocoder on its checkpoint (both ranks' crops, the clips spread
+# over the ranks), and last fid.py calc with a reference of another detector, which must end every rank with one
 # error line. The inputs: a tiny network snapshot, 24 random 16x16 images, their reference
-# statistics (with features, for KID), the sweep's prepare output for a tiny 8x8 dataset, and
-# two 8x8 datasets of 16 and 64 images. GLOO_ARGS holds the options the tests repeat in one
+# statistics (with features, for KID), the sweep's prepare output for a tiny 8x8 dataset, two
+# 8x8 datasets of 16 and 64 images, and a corpus of five WAV clips in LJSpeech's layout. GLOO_ARGS holds the options the tests repeat in one
 # process (without input and output paths); `outputs` each command's (stdout, stderr).
 GLOO_ARGS = dict(
     generate=['--seeds=0-6', '--batch=2', '--steps=3', '--S_churn=5', '--device=cpu'],
     fid_ref=['ref', '--detector=standin', '--workers=0', '--device=cpu', '--batch=5', '--features'],
     fid_calc=['calc', '--seeds=0-12', '--batch=3', '--steps=3', '--S_churn=5', '--kid', '--detector=standin', '--workers=0', '--device=cpu'],
     sweep_eval=['eval', '--seeds=0-7', '--repeats=3', '--steps=2', '--batch=8', '--detector=standin', '--device=cpu'],
+    audio_train=['--residual-layers=2', '--residual-channels=8', '--dilation-cycle=2', '--batch=4', '--crop-frames=8', '--workers=0',
+        '--tick-steps=1', '--steps=2', '--device=cpu', '--spectral=wavelet', '--spectral-weight=1e-4'],
+    audio_seeds=[0, 1],
 )
 
 @pytest.fixture(scope='session')
@@ -372,6 +386,7 @@ def gloo_runs(tmp_path_factory):
     np.savez(root / 'inception.npz', mu=np.zeros(8), sigma=np.eye(8))   # no 'detector' key: Inception statistics
     (root / 'ddp_driver.py').write_text(DETERMINISTIC_DRIVER)   # beside the launch's driver: importable by name
     train_data, deterministic_data = make_dataset(str(root / 'data' / 'tiny-8x8')), make_dataset(str(root / 'data64' / 'tiny-8x8'), num=64)
+    corpus = make_wav_corpus(str(root / 'lj'), ['LJ001-0001', 'LJ001-0002', 'LJ002-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
     sweep_inputs = [f'--ref={root / "sweep" / "ref.npz"}', f'--spectrum={root / "sweep" / "dataset-spectrum.json"}']
     commands = dict(
         generate=['generate.py', f'--network={net}', *GLOO_ARGS['generate'], f'--outdir={root / "generate"}', f'--grid={root / "grid.png"}'],
@@ -381,13 +396,17 @@ def gloo_runs(tmp_path_factory):
         train_deterministic=[root / 'ddp_driver.py', root / 'ddp', deterministic_data],
         train=['train.py', f'--outdir={root / "runs"}', f'--data={train_data}', '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=8',
             '--batch-gpu=2', '--duration=0.000016', '--tick=1', '--snap=1', '--dump=1', '--spectral=fourier-amp', '--arch=ncsnpp', '--grid-seeds=0-3'],
+        audio_train=['-m', 'edm_spectral.audio.train', '--data', corpus, '--outdir', root / 'audio-runs', *GLOO_ARGS['audio_train']],
+        audio_vocode=['-m', 'edm_spectral.audio.vocode', '--ckpt', f'{{glob:{root / "audio-runs" / "*" / "weights.pt"}}}', '--data', corpus,
+            '--outdir', root / 'vocoded', '--seeds=' + ','.join(map(str, GLOO_ARGS['audio_seeds'])), '--device=cpu'],
         bad_ref=['fid.py', 'calc', f'--network={net}', '--seeds=0-3', f'--ref={root / "inception.npz"}', '--detector=standin', '--workers=0', '--device=cpu'],
     )
     proc, outputs = run_torchrun_commands(list(commands.values()), root, fails=True)
     assert len(outputs) == len(commands), proc.stdout + proc.stderr
     return dict(root=root, net=net, images=images, ref=ref, two_ref=str(root / 'ref-two.npz'), generate=str(root / 'generate'),
         grid=str(root / 'grid.png'), sweep_run=str(sweep_run), sweep_inputs=sweep_inputs, ddp_driver=str(root / 'ddp_driver.py'),
-        ddp_run=str(root / 'ddp'), deterministic_data=deterministic_data, train_runs=str(root / 'runs'), returncode=proc.returncode,
+        ddp_run=str(root / 'ddp'), deterministic_data=deterministic_data, train_runs=str(root / 'runs'), corpus=corpus,
+        audio_runs=str(root / 'audio-runs'), vocoded=str(root / 'vocoded'), returncode=proc.returncode,
         outputs=dict(zip(commands, outputs)))
 
 #----------------------------------------------------------------------------

@@ -3,7 +3,6 @@ waveforms, and a few training steps + vocoding end to end through the CLIs."""
 
 import json
 import os
-import textwrap
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from edm_spectral.audio import diffusion
 from edm_spectral.audio import model as model_lib
 from training.spectral_loss import SpectralLoss
 
-from conftest import make_wav_corpus
+from conftest import GLOO_ARGS, make_wav_corpus
 
 TINY = dict(residual_layers=2, residual_channels=8, dilation_cycle_length=2)
 
@@ -146,40 +145,14 @@ def test_train_upsampler_init_option(tmp_path, cli):
     cli(train.main, common + ['--steps=1', '--upsampler-init=cubic'], fails_with='upsampler-init')
 
 #----------------------------------------------------------------------------
-# torchrun with two Gloo processes: training writes one run with both ranks' losses, and
-# vocoding spreads the clips over the ranks with exactly the WAVs of a single process. One
-# launch runs both commands, as `python -m` would, the vocoder on the new checkpoint.
+# torchrun with two Gloo processes (the suite's shared launch, conftest.gloo_runs, which runs
+# both commands as `python -m` would, the vocoder on the new checkpoint): training writes one
+# run with both ranks' losses, and vocoding spreads the clips over the ranks with exactly the
+# WAVs of a single process.
 
-TRAIN_THEN_VOCODE = textwrap.dedent('''
-    import glob, os, runpy, sys
-    from torch_utils import distributed as dist
-
-    def run_module(module, args): # python -m MODULE ARGS; click's exit 0 ends only the command
-        sys.argv = [module, *args]
-        try:
-            runpy.run_module(module, run_name='__main__', alter_sys=True)
-        except SystemExit as e:
-            if e.code not in (0, None):
-                raise
-
-    # train_then_vocode.py TRAIN_OPTIONS... THEN VOCODE_OPTIONS... (--ckpt is added)
-    cut = sys.argv.index('THEN')
-    train_args, vocode_args = sys.argv[1:cut], sys.argv[cut + 1:]
-    run_module('edm_spectral.audio.train', train_args)
-    dist.barrier() # rank 0 has written the checkpoint
-    ckpt, = glob.glob(os.path.join(train_args[train_args.index('--outdir') + 1], '*', 'weights.pt'))
-    run_module('edm_spectral.audio.vocode', ['--ckpt', ckpt, *vocode_args])
-''')
-
-def test_train_and_vocode_under_torchrun(tmp_path, torchrun):
-    root = str(tmp_path / 'lj')
-    make_wav_corpus(root, ['LJ001-0001', 'LJ001-0002', 'LJ002-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
-    driver = tmp_path / 'train_then_vocode.py'
-    driver.write_text(TRAIN_THEN_VOCODE)
-    torchrun(driver, '--data', root, '--outdir', tmp_path / 'runs', '--residual-layers=2', '--residual-channels=8', '--dilation-cycle=2',
-        '--batch=4', '--crop-frames=8', '--workers=0', '--tick-steps=1', '--steps=2', '--device=cpu', '--spectral=wavelet', '--spectral-weight=1e-4',
-        'THEN', '--data', root, '--outdir', tmp_path / 'voc2', '--seeds=0-1', '--device=cpu', cwd=tmp_path)
-    run, = [os.path.join(tmp_path, 'runs', d) for d in os.listdir(tmp_path / 'runs') if d[0].isdigit()]
+def test_train_and_vocode_under_torchrun(gloo_runs, tmp_path):
+    root = gloo_runs['corpus']
+    run, = [os.path.join(gloo_runs['audio_runs'], d) for d in os.listdir(gloo_runs['audio_runs']) if d[0].isdigit()]
     assert 'gpus2-batch4' in run
     stats = [json.loads(line) for line in open(os.path.join(run, 'stats.jsonl'))]
     assert stats[-1]['step'] == 2 and stats[-1]['Loss/spectral']['num'] == 4 # both ranks' crops are collected
@@ -188,14 +161,14 @@ def test_train_and_vocode_under_torchrun(tmp_path, torchrun):
     threads = torch.get_num_threads()
     torch.set_num_threads(1) # as each torchrun process (OMP_NUM_THREADS=1): CPU kernels round differently per thread count
     try:
-        ids = vocode.vocode_corpus(ckpt, root, str(tmp_path / 'voc1'), seeds=[0, 1], device=torch.device('cpu'), verbose=False)
+        ids = vocode.vocode_corpus(ckpt, root, str(tmp_path / 'voc1'), seeds=GLOO_ARGS['audio_seeds'], device=torch.device('cpu'), verbose=False)
     finally:
         torch.set_num_threads(threads)
     assert ids == ['LJ001-0001', 'LJ001-0002', 'LJ002-0001']
     for seed in ['seed000', 'seed001']:
         for clip in ids:
             one = data_lib.read_wav(os.path.join(tmp_path, 'voc1', seed, clip + '.wav'))[0]
-            two = data_lib.read_wav(os.path.join(tmp_path, 'voc2', seed, clip + '.wav'))[0]
+            two = data_lib.read_wav(os.path.join(gloo_runs['vocoded'], seed, clip + '.wav'))[0]
             assert np.array_equal(one, two), (seed, clip)
 
 #----------------------------------------------------------------------------
