@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# pytest-xdist workers for make test (2 fits the 2-core CI machine; TEST_WORKERS=0 runs in one process).
+TEST_WORKERS ?= 2
 
 .PHONY: venv espeak test demo demo-audio bench gpu-check clean
 
@@ -22,7 +24,7 @@ espeak:
 		echo "warning: could not install espeak-ng; the audio demo and its tests need it"; }
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) -m edm_spectral.toy --outdir=out/demo

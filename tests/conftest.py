@@ -364,10 +364,12 @@ GLOO_ARGS = dict(
 
 @pytest.fixture(scope='session')
 def gloo_runs(tmp_path_factory):
+    return built_once(tmp_path_factory, 'gloo', _build_gloo_runs)
+
+def _build_gloo_runs(root):
     import PIL.Image
     import fid
     from edm_spectral import sweep
-    root = tmp_path_factory.mktemp('gloo')
     net = str(root / 'net.pkl')
     write_tiny_snapshot(net)
     rnd = np.random.RandomState(0)
@@ -403,11 +405,39 @@ def gloo_runs(tmp_path_factory):
     )
     proc, outputs = run_torchrun_commands(list(commands.values()), root, fails=True)
     assert len(outputs) == len(commands), proc.stdout + proc.stderr
-    return dict(root=root, net=net, images=images, ref=ref, two_ref=str(root / 'ref-two.npz'), generate=str(root / 'generate'),
+    return dict(root=str(root), net=net, images=images, ref=ref, two_ref=str(root / 'ref-two.npz'), generate=str(root / 'generate'),
         grid=str(root / 'grid.png'), sweep_run=str(sweep_run), sweep_inputs=sweep_inputs, ddp_driver=str(root / 'ddp_driver.py'),
         ddp_run=str(root / 'ddp'), deterministic_data=deterministic_data, train_runs=str(root / 'runs'), corpus=corpus,
         audio_runs=str(root / 'audio-runs'), vocoded=str(root / 'vocoded'), returncode=proc.returncode,
         outputs=dict(zip(commands, outputs)))
+
+#----------------------------------------------------------------------------
+# Under pytest-xdist (`make test` runs two workers, -n 2 --dist loadfile: most of the suite's
+# time is Python and torch starting in child processes, which the second core overlaps), a
+# session fixture would be built once per worker. built_once(tmp_path_factory, name, build)
+# builds it once per run instead: the first worker to ask calls build(folder) under a file lock
+# in the run's shared temporary folder and stores its JSON result (or its failure, which every
+# worker then reports); the others wait for it and read it. In one process it just builds.
+
+def built_once(tmp_path_factory, name, build):
+    if not os.environ.get('PYTEST_XDIST_WORKER'):
+        return build(tmp_path_factory.mktemp(name))
+    import fcntl
+    shared = tmp_path_factory.getbasetemp().parent   # pytest-N/, above each worker's popen-gwK/
+    result = shared / f'{name}.json'
+    with open(shared / f'{name}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            (shared / name).mkdir()
+            try:
+                result.write_text(json.dumps(dict(value=build(shared / name))))
+            except BaseException as e:
+                result.write_text(json.dumps(dict(error=f'{type(e).__name__}: {e}')))
+                raise
+    stored = json.loads(result.read_text())
+    if 'error' in stored:
+        pytest.fail(f'the shared fixture {name} failed in another worker: {stored["error"]}', pytrace=False)
+    return stored['value']
 
 #----------------------------------------------------------------------------
 # cli(command, args): invoke a click command in this process. Without fails_with, asserts
@@ -463,5 +493,3 @@ class PersistentMeta:
     def __reduce__(self):
         from torch_utils import persistence
         return (persistence._reconstruct_persistent_obj, (self.meta,))
-
-#----------------------------------------------------------------------------

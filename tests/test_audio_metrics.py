@@ -111,12 +111,15 @@ def test_missing_optional_models(tmp_path, monkeypatch):
 def test_vggish_state_dict_and_frontend(tmp_path):
     import torch
     from edm_spectral.audio import vggish
-    net = vggish.VGGish()
-    keys = {k: list(v.shape) for k, v in net.state_dict().items()}
+    with torch.device('meta'):
+        keys = {k: list(v.shape) for k, v in vggish.VGGish().state_dict().items()}
     assert keys['features.0.weight'] == [64, 1, 3, 3] and keys['features.13.weight'] == [512, 512, 3, 3]
     assert keys['embeddings.0.weight'] == [4096, 12288] and keys['embeddings.4.weight'] == [128, 4096]
     path = str(tmp_path / 'vggish-test.pth')
-    torch.save(dict(net.state_dict(), pca_eigen_vectors=torch.zeros(128, 128)), path)
+    # Weights at 1/64 of the default init's scale: the embedding stays finite and non-zero.
+    gen = torch.Generator().manual_seed(0)
+    weights = {k: torch.randn(v, generator=gen) * (0.02 if k.endswith('weight') else 0.0) for k, v in keys.items()}
+    torch.save(dict(weights, pca_eigen_vectors=torch.zeros(128, 128)), path)
     loaded = vggish.load_vggish(path)
     wave = np.sin(2 * np.pi * 440 * np.arange(16000 * 2) / 16000)
     ex = vggish.log_mel_examples(wave)
@@ -125,7 +128,9 @@ def test_vggish_state_dict_and_frontend(tmp_path):
     to_mel = lambda f: 1127 * np.log(1 + f / 700)
     centres = np.linspace(to_mel(125), to_mel(7500), 66)[1:-1]
     assert int(ex[0, 0, 50].argmax()) == int(np.abs(centres - to_mel(440)).argmin())
-    assert loaded.embed(wave).shape == (2, 128)
+    assert torch.equal(loaded.embeddings[2].weight, weights['embeddings.2.weight']) and not loaded.features[0].weight.is_meta
+    emb = loaded.embed(wave)
+    assert emb.shape == (2, 128) and torch.isfinite(emb).all() and emb.abs().max() > 0
     write_set(str(tmp_path / 'short'), [220, 330])
     with pytest.raises(ValueError, match='at least 2 embeddings'):
         metrics.evaluate(str(tmp_path / 'short'), str(tmp_path / 'short'), metrics=['fad'], vggish=path)

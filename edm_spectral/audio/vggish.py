@@ -80,8 +80,9 @@ def load_vggish(path, device='cpu'):
     if not isinstance(state, dict) or 'features.0.weight' not in state:
         raise ValueError(f'{path} is not a VGGish state dict (expected keys features.*, embeddings.*)')
     state = {k: v for k, v in state.items() if k.startswith(('features.', 'embeddings.'))}
-    net = VGGish()
-    net.load_state_dict(state, strict=True)
+    with torch.device('meta'):  # no random init of 72M parameters that the file replaces
+        net = VGGish()
+    net.load_state_dict(state, strict=True, assign=True)
     return net.eval().requires_grad_(False).to(device)
 
 #----------------------------------------------------------------------------
