@@ -390,12 +390,15 @@ def _build_gloo_runs(root):
     train_data, deterministic_data = make_dataset(str(root / 'data' / 'tiny-8x8')), make_dataset(str(root / 'data64' / 'tiny-8x8'), num=64)
     corpus = make_wav_corpus(str(root / 'lj'), ['LJ001-0001', 'LJ001-0002', 'LJ002-0001', 'LJ003-0001', 'LJ003-0002'], seconds=0.4)
     sweep_inputs = [f'--ref={root / "sweep" / "ref.npz"}', f'--spectrum={root / "sweep" / "dataset-spectrum.json"}']
+    workers = os.path.join(REPO, 'tests', 'gloo_workers')
     commands = dict(
+        two_ranks=[os.path.join(workers, 'two_ranks.py'), root / 'two-ranks'],
         generate=['generate.py', f'--network={net}', *GLOO_ARGS['generate'], f'--outdir={root / "generate"}', f'--grid={root / "grid.png"}'],
         fid_ref=['fid.py', *GLOO_ARGS['fid_ref'], f'--data={images}', f'--dest={root / "ref-two.npz"}'],
         fid_calc=['fid.py', *GLOO_ARGS['fid_calc'], f'--network={net}', f'--ref={ref}'],
         sweep_eval=['-m', 'edm_spectral.sweep', *GLOO_ARGS['sweep_eval'], f'--run-dir={sweep_run}', *sweep_inputs],
         train_deterministic=[root / 'ddp_driver.py', root / 'ddp', deterministic_data],
+        stop_poll=[os.path.join(workers, 'stop_poll.py'), root / 'stop-poll', train_data, root / 'stop-poll-result'],
         train=['train.py', f'--outdir={root / "runs"}', f'--data={train_data}', '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=8',
             '--batch-gpu=2', '--duration=0.000016', '--tick=1', '--snap=1', '--dump=1', '--spectral=fourier-amp', '--arch=ncsnpp', '--grid-seeds=0-3'],
         audio_train=['-m', 'edm_spectral.audio.train', '--data', corpus, '--outdir', root / 'audio-runs', *GLOO_ARGS['audio_train']],
@@ -408,7 +411,8 @@ def _build_gloo_runs(root):
     return dict(root=str(root), net=net, images=images, ref=ref, two_ref=str(root / 'ref-two.npz'), generate=str(root / 'generate'),
         grid=str(root / 'grid.png'), sweep_run=str(sweep_run), sweep_inputs=sweep_inputs, ddp_driver=str(root / 'ddp_driver.py'),
         ddp_run=str(root / 'ddp'), deterministic_data=deterministic_data, train_runs=str(root / 'runs'), corpus=corpus,
-        audio_runs=str(root / 'audio-runs'), vocoded=str(root / 'vocoded'), returncode=proc.returncode,
+        audio_runs=str(root / 'audio-runs'), vocoded=str(root / 'vocoded'), two_ranks=str(root / 'two-ranks'),
+        stop_poll_run=str(root / 'stop-poll'), stop_poll=str(root / 'stop-poll-result'), returncode=proc.returncode,
         outputs=dict(zip(commands, outputs)))
 
 #----------------------------------------------------------------------------

@@ -3,9 +3,6 @@ process and in a real two-process Gloo group on the CPU."""
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -13,8 +10,6 @@ import torch
 
 from torch_utils import distributed as dist
 from torch_utils import training_stats
-
-from conftest import child_env
 
 #----------------------------------------------------------------------------
 # Single process.
@@ -97,72 +92,9 @@ def test_report_returns_value_and_report0():
 # Two real processes in a Gloo group: statistics are summed over ranks,
 # report0 counts rank 0 only, consistency checks compare against rank 0.
 
-_WORKER = textwrap.dedent('''
-    import json, sys, torch
-    from torch_utils import distributed as dist, training_stats, misc
-    def main(): # locals, not module globals: freed before exit, while the process group is alive
-        device = dist.init('cpu')
-        rank = dist.get_rank()
-        result = dict(rank=rank, world=dist.get_world_size(), device=str(device))
-        c = training_stats.Collector(regex='Loss/.*')
-        training_stats.report('Loss/x', torch.full([rank + 1], float(rank + 1))) # rank 0: [1], rank 1: [2, 2]
-        training_stats.report0('Loss/only0', 5.0 + rank)
-        c.update()
-        result.update(num=c.num('Loss/x'), mean=c.mean('Loss/x'), std=c.std('Loss/x'),
-            num0=c.num('Loss/only0'), mean0=c.mean('Loss/only0'))
-
-        torch.manual_seed(0)
-        net = torch.nn.Linear(3, 2)
-        misc.check_ddp_consistency(net)
-        ddp = torch.nn.parallel.DistributedDataParallel(net)
-        with misc.ddp_sync(ddp, sync=False):
-            ddp(torch.ones(1, 3) * (rank + 1)).sum().backward() # no all-reduce: grads differ
-        result['grad_local'] = net.weight.grad[0, 0].item()
-        net.weight.grad = None
-        with misc.ddp_sync(ddp, sync=True):
-            ddp(torch.ones(1, 3) * (rank + 1)).sum().backward() # averaged over ranks
-        result['grad_synced'] = net.weight.grad[0, 0].item()
-        with torch.no_grad():
-            net.bias.add_(rank)
-        try:
-            misc.check_ddp_consistency(net)
-            result['mismatch_detected'] = False
-        except AssertionError:
-            result['mismatch_detected'] = True
-
-        # Ranks that report different names get a clear error instead of a hang.
-        training_stats.report('Loss/extra_rank%d' % rank, 1.0)
-        try:
-            c.update()
-            result['name_check'] = False
-        except RuntimeError as e:
-            result['name_check'] = 'different statistic names' in str(e)
-        dist.barrier()
-        print(json.dumps(result))
-
-    main()
-    dist.shutdown()
-''')
-
-# The two processes are started by hand, without torchrun: init() needs only the variables.
-def test_two_process_gloo(tmp_path, free_port):
-    script = tmp_path / 'worker.py'
-    script.write_text(_WORKER)
-    procs = []
-    for rank in range(2):
-        env = child_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port),
-            CUDA_VISIBLE_DEVICES='')
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=180)
-            assert p.returncode == 0, err
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+# The ranks run tests/gloo_workers/two_ranks.py in the suite's shared launch (conftest.gloo_runs).
+def test_two_process_gloo(gloo_runs):
+    results = [json.load(open(f'{gloo_runs["two_ranks"]}.{rank}')) for rank in range(2)]
     for rank, r in enumerate(sorted(results, key=lambda r: r['rank'])):
         assert r['rank'] == rank and r['world'] == 2 and r['device'] == 'cpu'
         assert r['num'] == 3
