@@ -253,13 +253,13 @@ def torchrun():
     return run_torchrun
 
 # Several commands in one torchrun launch (one start-up of the two processes and of their
-# process group): each command (a script and its options, or -m and a module) runs as
-# `python` would run it, in order; the group lives until the last one (their dist.shutdown
-# waits for the end). Rank 0 marks the start of each command on stdout and stderr after a
-# barrier, so that the output splits per command; after it, an argument {glob:PATTERN} becomes
-# the one file that matches (a file an earlier command made). A command that exits non-zero
-# ends the launch with its exit code. Returns the CompletedProcess and, per command started, its
-# (stdout, stderr).
+# process group), or with torchrun=False in one plain Python process: each command (a script
+# and its options, or -m and a module) runs as `python` would run it, in order; the group lives
+# until the last one (their dist.shutdown waits for the end). Rank 0 marks the start of each
+# command on stdout and stderr after a barrier, so that the output splits per command; after
+# it, an argument {glob:PATTERN} becomes the one file that matches (a file an earlier command
+# made). A command that exits non-zero ends the launch with its exit code. Returns the
+# CompletedProcess and, per command started, its (stdout, stderr).
 _COMMANDS_DRIVER = """
 import glob, json, os, runpy, sys
 import torch
@@ -278,7 +278,7 @@ shutdown, dist.shutdown = dist.shutdown, lambda: None
 for index, argv in enumerate(commands):
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-    if int(os.environ['RANK']) == 0:
+    if int(os.environ.get('RANK', '0')) == 0:
         for stream in (sys.stdout, sys.stderr):
             print(f'@@@ command {index}', file=stream, flush=True)
     argv = [resolve(arg) for arg in argv]
@@ -299,14 +299,20 @@ for index, argv in enumerate(commands):
 shutdown()
 """
 
-def run_torchrun_commands(commands, root, timeout=300, fails=False):
+def run_commands(commands, root, timeout=300, fails=False, torchrun=True, cwd=REPO, env=None):
     commands = [[str(a) for a in argv] for argv in commands]
     with open(os.path.join(str(root), 'commands.json'), 'w') as f:
         json.dump(commands, f)
     driver = os.path.join(str(root), 'commands_driver.py')
     with open(driver, 'w') as f:
         f.write(_COMMANDS_DRIVER)
-    proc = run_torchrun(driver, os.path.join(str(root), 'commands.json'), cwd=REPO, timeout=timeout, fails=fails)
+    if torchrun:
+        proc = run_torchrun(driver, os.path.join(str(root), 'commands.json'), cwd=cwd, timeout=timeout, fails=fails)
+    else:
+        proc = subprocess.run([sys.executable, driver, os.path.join(str(root), 'commands.json')], cwd=str(cwd),
+            env=env or child_env(), capture_output=True, text=True, timeout=timeout)
+        assert (proc.returncode != 0) == fails, (f'{commands} exited with {proc.returncode}\n'
+            f'--- stdout ---\n{_tail(proc.stdout)}\n--- stderr ---\n{_tail(proc.stderr)}')
     split = lambda text: [part.split('\n', 1)[1] if '\n' in part else '' for part in text.split('@@@ command ')[1:]]
     return proc, list(zip(split(proc.stdout), split(proc.stderr)))
 
@@ -406,7 +412,7 @@ def _build_gloo_runs(root):
             '--outdir', root / 'vocoded', '--seeds=' + ','.join(map(str, GLOO_ARGS['audio_seeds'])), '--device=cpu'],
         bad_ref=['fid.py', 'calc', f'--network={net}', '--seeds=0-3', f'--ref={root / "inception.npz"}', '--detector=standin', '--workers=0', '--device=cpu'],
     )
-    proc, outputs = run_torchrun_commands(list(commands.values()), root, fails=True)
+    proc, outputs = run_commands(list(commands.values()), root, fails=True)
     assert len(outputs) == len(commands), proc.stdout + proc.stderr
     return dict(root=str(root), net=net, images=images, ref=ref, two_ref=str(root / 'ref-two.npz'), generate=str(root / 'generate'),
         grid=str(root / 'grid.png'), sweep_run=str(sweep_run), sweep_inputs=sweep_inputs, ddp_driver=str(root / 'ddp_driver.py'),

@@ -242,10 +242,15 @@ def test_hostile_detector_pickle_runs_no_code(image_dirs, tmp_path, command, cli
     args = dict(ref=['ref', f'--data={image_dirs["noise"]}', f'--dest={tmp_path / "out.npz"}'],
         calc=['calc', f'--images={image_dirs["noise"]}', f'--ref={ref}', '--num=24'])[command]
     args += [f'--detector={evil}', '--workers=0', '--device=cpu']
-    proc = subprocess.run([sys.executable, 'fid.py'] + args, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and not hostile.ran()
-    lines = (proc.stdout + proc.stderr).strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('Error: --detector:') and '--trust-code' in lines[0], proc.stdout + proc.stderr
+    if command == 'ref':   # a real process: nothing but the one line reaches its stdout and stderr
+        proc = subprocess.run([sys.executable, 'fid.py'] + args, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+        returncode, output = proc.returncode, proc.stdout + proc.stderr
+    else:
+        r = cli(fid.main, args, fails_with='--trust-code')
+        returncode, output = r.exit_code, r.output
+    assert returncode != 0 and not hostile.ran()
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('Error: --detector:') and '--trust-code' in lines[0], output
     assert not os.path.exists(tmp_path / 'out.npz')
 
     # The same file with --trust-code is unpickled: the payload runs (which is what the flag says).

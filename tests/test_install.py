@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, make_dataset
+from conftest import REPO, make_dataset, run_commands
 
 def _run(cmd, cwd, env, timeout=300):
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -34,7 +34,7 @@ def installed(tmp_path_factory):
     return target, outside, env
 
 def _entry_point(target, name):
-    return [sys.executable, str(target / 'bin' / name)]
+    return str(target / 'bin' / name)
 
 # Where the modules are found, without importing them (the package __init__ files are empty).
 def test_installed_modules_come_from_the_target(installed):
@@ -44,19 +44,32 @@ def test_installed_modules_come_from_the_target(installed):
     out = _run([sys.executable, '-c', code], cwd=outside, env=env).stdout.split()
     assert len(out) == 7 and all(path.startswith(str(target)) for path in out), out
 
-def test_installed_train_and_generate(installed):
+# The console entry points, run one after the other in one Python process outside the checkout
+# (one start-up of torch instead of three): a tiny train with --grid-seeds, generate with
+# --grid from its last snapshot, the toy at smoke size.
+@pytest.fixture(scope='module')
+def entry_points_ran(installed):
     target, outside, env = installed
     data = make_dataset(str(outside / 'data'), num=8)
-    _run(_entry_point(target, 'edm-train') + ['--outdir=runs', f'--data={data}', '--device=cpu', '--cbase=8', '--cres=1,2',
-        '--batch=4', '--duration=0.000004', '--tick=1', '--seed=1', '--grid-seeds=0-3'], cwd=outside, env=env)
+    commands = [
+        [_entry_point(target, 'edm-train'), '--outdir=runs', f'--data={data}', '--device=cpu', '--cbase=8', '--cres=1,2',
+            '--batch=4', '--duration=0.000004', '--tick=1', '--seed=1', '--grid-seeds=0-3'],
+        [_entry_point(target, 'edm-generate'), '--network', f'{{glob:{outside / "runs" / "00000-*" / "network-snapshot-*.pkl"}}}',
+            '--outdir=gen', '--seeds=0-3', '--steps=4', '--grid=grid.png', '--device=cpu'],
+        [_entry_point(target, 'edm-toy'), '--preset=smoke', '--outdir=toy', '--device=cpu'],
+    ]
+    (outside / 'driver').mkdir()
+    proc, outputs = run_commands(commands, outside / 'driver', timeout=600, torchrun=False, cwd=outside, env=env)
+    assert len(outputs) == 3, proc.stdout + proc.stderr
+    return outside
+
+def test_installed_train_and_generate(entry_points_ran):
+    outside = entry_points_ran
     run_dir, = glob.glob(str(outside / 'runs' / '00000-*'))
     snapshots = sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl')))
-    assert snapshots and glob.glob(os.path.join(run_dir, '*grid*.png')), os.listdir(run_dir)
-    _run(_entry_point(target, 'edm-generate') + [f'--network={snapshots[-1]}', '--outdir=gen', '--seeds=0-3', '--steps=4',
-        '--grid=grid.png', '--device=cpu'], cwd=outside, env=env)
+    assert len(snapshots) == 1 and glob.glob(os.path.join(run_dir, '*grid*.png')), os.listdir(run_dir)
     assert (outside / 'grid.png').is_file() and len(glob.glob(str(outside / 'gen' / '*.png'))) == 4
 
-def test_installed_toy_smoke(installed):
-    target, outside, env = installed
-    _run(_entry_point(target, 'edm-toy') + ['--preset=smoke', '--outdir=toy', '--device=cpu'], cwd=outside, env=env, timeout=600)
+def test_installed_toy_smoke(entry_points_ran):
+    outside = entry_points_ran
     assert (outside / 'toy').is_dir() and os.listdir(outside / 'toy')
