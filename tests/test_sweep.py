@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -36,12 +37,26 @@ def _run(args, **kwargs):
 #----------------------------------------------------------------------------
 # One command from checkpoint + zip to results.md (run once for the tests below).
 
+# The first row's fine-tune is a real fine_tune.py process; the second's runs the same command
+# line through fine_tune.main in this process (one torch start-up fewer).
 @pytest.fixture(scope='module')
 def swept(setup):
+    import subprocess
+    import fine_tune
     outdir = str(setup['root'] / 'out')
     args = [f'--network={setup["net"]}', f'--data={setup["data"]}', f'--outdir={outdir}', f'--detector={setup["detector"]}',
         f'--only={ROWS}'] + EVAL + FINE_TUNE
-    _run(args)
+    commands, real_run = [], subprocess.run
+    def run_second_in_process(cmd, **kwargs):
+        commands.append(cmd)
+        if len(commands) == 1:
+            return real_run(cmd, **kwargs)
+        assert cmd[:2] == [sys.executable, sweep.fine_tune_script()] and not kwargs, cmd
+        return subprocess.CompletedProcess(cmd, invoke_cli(fine_tune.main, cmd[2:]).exit_code)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sweep.subprocess, 'run', run_second_in_process)
+        _run(args)
+    assert len(commands) == 2
     with open(os.path.join(outdir, 'results.json')) as f:
         results = json.load(f)
     with open(os.path.join(outdir, 'results.md')) as f:
