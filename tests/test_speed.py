@@ -86,41 +86,41 @@ def test_step_reads_nothing_from_the_device():
         loss.sum().item() # the probe works: reading meta data fails
     training_stats._unsynced.pop('Loss/meta-test', None)
 
-# The profiler's counts: >= 10x fewer operator calls outside forward and backward.
-def test_operator_calls_per_step():
-    edm = bench_loop.Trainer(TOY, 8, 2, 'cpu', per_parameter=True)
-    ours = bench_loop.Trainer(TOY, 8, 2, 'cpu')
-    counts = {}
-    for name, trainer in [('edm', edm), ('ours', ours)]:
-        trainer.step()
-        trainer.forward_backward()
-        counts[name] = bench_loop.count_operator_calls(trainer.update)
-    num_tensors = len(list(ours.net.parameters()))
-    assert counts['edm']['calls'] >= 10 * num_tensors # nan_to_num, 9 in Adam, lerp + copy per tensor
-    assert counts['ours']['calls'] <= 30
-    assert counts['edm']['calls'] >= 10 * counts['ours']['calls']
+# The profiler's counts (>= 10x fewer operator calls outside forward and backward): the lean
+# bench of test_gpucheck_cpu_part, which counts them on TOY at batch 2.
 
 #----------------------------------------------------------------------------
 # Each fast path trains (the loss on a fixed draw falls) and stays close to the exact path.
 
 # Without dropout: its masks are drawn in memory order, so a layout change drops other elements.
-def _train(fast, steps=6, loss_kwargs={}):
-    return bench_loop.train_fixed_draw(TOY, 8, 4, 'cpu', fast=fast, steps=steps, loss_kwargs=loss_kwargs)
+def _train(fast, steps=6, loss_kwargs={}, net=TOY):
+    return bench_loop.train_fixed_draw(net, 8, 4, 'cpu', fast=fast, steps=steps, loss_kwargs=loss_kwargs)
 
-@pytest.mark.parametrize('name,options,tolerance,weight_tolerance', [
-    ('amp', dict(amp='bf16'), 5e-2, 0.5),
-    ('channels_last', dict(channels_last=True), 1e-3, 0.05),
-    ('fused_adam', dict(fused_adam=True), 1e-3, 0.05),
-    ('fused_attention', dict(fused_attention=True), 1e-3, 0.05),
-    ('compile', dict(compile='eager'), 1e-6, 1e-6), # eager: the same kernels, traced
-])
-def test_fast_path_trains_close_to_exact(name, options, tolerance, weight_tolerance):
-    exact, exact_losses = _train(None)
-    fast, fast_losses = _train(options)
+# The exact path's run, once per network for every case (nothing changes it afterwards).
+_exact_runs = {}
+def _exact(net):
+    key = json.dumps(net, sort_keys=True)
+    if key not in _exact_runs:
+        _exact_runs[key] = _train(None, net=net)
+    return _exact_runs[key]
+
+# compile traces the network once (seconds per level of the U-Net): one level, attention at 8x8.
+ONE_LEVEL = dict(TOY, channel_mult=[1], attn_resolutions=[8])
+
+@pytest.mark.parametrize('name,options,tolerance,weight_tolerance,net', [
+    ('amp', dict(amp='bf16'), 5e-2, 0.5, TOY),
+    ('channels_last', dict(channels_last=True), 1e-3, 0.05, TOY),
+    ('fused_adam', dict(fused_adam=True), 1e-3, 0.05, TOY),
+    ('fused_attention', dict(fused_attention=True), 1e-3, 0.05, TOY),
+    ('compile', dict(compile='eager'), 1e-6, 1e-6, ONE_LEVEL), # eager: the same kernels, traced
+], ids=['amp', 'channels_last', 'fused_adam', 'fused_attention', 'compile'])
+def test_fast_path_trains_close_to_exact(name, options, tolerance, weight_tolerance, net):
+    exact, exact_losses = _exact(net)
+    fast, fast_losses = _train(options, net=net)
     assert fast_losses[-1] < fast_losses[0] * 0.9, fast_losses
     assert abs(fast_losses[-1] - exact_losses[-1]) <= tolerance * exact_losses[-1], (fast_losses, exact_losses)
     # The weights: apart by a fraction of what training moved them (L2 over all tensors).
-    start = bench_loop.Trainer(dict(TOY, dropout=0), 8, 4, 'cpu').net
+    start = bench_loop.Trainer(dict(net, dropout=0), 8, 4, 'cpu').net
     flat = lambda net: torch.cat([p.detach().reshape(-1) for p in net.parameters()])
     apart = float((flat(fast.net) - flat(exact.net)).norm() / (flat(exact.net) - flat(start)).norm())
     assert apart < weight_tolerance, apart
@@ -190,35 +190,27 @@ def test_training_loop_with_fast_paths(tmp_path, tiny_dataset):
         training_loop.training_loop(**loop_kwargs(str(tmp_path / 'bad'), data, fast_paths=dict(warp=1)))
 
 #----------------------------------------------------------------------------
-# The bench at toy size: every part runs and reports the ratios.
+# python -m edm_spectral.bench --loop prints the ratios of the parts asked for and writes them,
+# with the machine's name, threads and load, as JSON. (Every part, and the text of each, at toy
+# size: test_gpucheck_cpu_part, whose speed bench runs the three.)
 
-def test_bench_loop_toy():
-    lean = bench_loop.bench_lean(TOY, 8, 2, iters=1, warmup=0, device='cpu')
-    assert lean['call_ratio'] >= 10 and lean['rows']['ours']['calls'] < lean['rows']['edm']['calls']
-    fast = bench_loop.bench_fast_paths(TOY, 8, 2, iters=1, warmup=0, device='cpu')
-    assert set(fast['rows']) == {'exact', 'amp', 'channels_last', 'fused_adam', 'fused_attention', 'all'}
-    sampling = bench_loop.bench_sampling(TOY, 8, 2, iters=1, warmup=0, device='cpu', num_steps=2)
-    assert sampling['rows']['exact']['max_abs_diff_uint8'] == 0 and sampling['rows']['exact']['images_per_s'] > 0
-    text = bench_loop.format_results(lean, fast, sampling)
-    assert 'fewer operator calls' in text and 'speed-up' in text and 'images/s' in text
-
-# python -m edm_spectral.bench --loop prints every ratio and writes them, with the machine's
-# name, threads and load, as JSON.
 def test_bench_loop_cli(tmp_path, cli):
     from edm_spectral import bench
     out = tmp_path / 'loop.json'
-    result = cli(bench.main, ['--loop', '--device=cpu', '--resolutions=8', '--cbase=8', '--batch=2', '--iters=1', '--warmup=0', '--sample-images=3', '--sample-steps=4', f'--out={out}'])
-    for text in ['8 channels', 'fewer operator calls outside forward and backward', 'the update speed', 'speed-up = exact time / fast time', 'images/s', 'load average']:
+    result = cli(bench.main, ['--loop', '--device=cpu', '--resolutions=8', '--cbase=8', '--batch=2', '--iters=1', '--warmup=0', '--sample-images=1', '--sample-steps=2',
+        '--parts=fast,sampling', f'--out={out}'])
+    for text in ['8 channels', 'speed-up = exact time / fast time', 'images/s', 'load average']:
         assert text in result.output, text
+    assert 'fewer operator calls' not in result.output # --parts: no lean part
     data = json.loads(out.read_text())
     assert data['device_name'] == bench.device_name('cpu') and data['cbase'] == 8 and len(data['load_before']) == 3
     part = data['results'][0]
-    assert part['lean']['call_ratio'] >= 10 and part['sampling']['rows']['exact']['max_abs_diff_uint8'] == 0
-    assert (part['sampling']['num_images'], part['sampling']['num_steps']) == (3, 4)
-    assert all(row['peak_gb'] > 0 for p in ('lean', 'fast', 'sampling') for row in part[p]['rows'].values())
+    assert set(part) == {'resolution', 'fast', 'sampling'} and data['parts'] == ['fast', 'sampling']
+    assert set(part['fast']['rows']) == {'exact', 'amp', 'channels_last', 'fused_adam', 'fused_attention', 'all'}
+    assert part['sampling']['rows']['exact']['max_abs_diff_uint8'] == 0
+    assert (part['sampling']['num_images'], part['sampling']['num_steps']) == (1, 2) # not --batch, not the default 18
+    assert all(row['peak_gb'] > 0 for p in ('fast', 'sampling') for row in part[p]['rows'].values())
     cli(bench.main, ['--loop', '--preset=full', '--cbase=8'], fails_with='--cbase sets the reduced DDPM++')
-    only = cli(bench.main, ['--loop', '--device=cpu', '--resolutions=8', '--cbase=8', '--batch=2', '--iters=1', '--warmup=0', '--parts=lean', f'--out={out}'])
-    assert 'fewer operator calls' in only.output and 'images/s' not in only.output and set(json.loads(out.read_text())['results'][0]) == {'resolution', 'lean'}
     cli(bench.main, ['--loop', '--parts=lean,turbo'], fails_with='--parts')
 
 #----------------------------------------------------------------------------
@@ -274,9 +266,22 @@ def test_gpucheck_cpu_part(tmp_path, cli):
     for name in ['fp16_loss_scaling', 'bf16', 'torchrun_nccl', 'generate_determinism']:
         assert checks[name]['status'] == 'skipped' and 'no CUDA' in checks[name]['note']
     assert checks['spectral_bench']['status'] == 'pass' and len(checks['spectral_bench']['rows']) == 5
-    assert checks['speed_bench']['lean']['call_ratio'] >= 10
     markdown = (tmp_path / 'report' / 'gpucheck.md').read_text()
-    assert '| torchrun_nccl | skipped |' in markdown and 'fewer operator calls' in markdown and '## Spectral overhead' in markdown
+    assert '| torchrun_nccl | skipped |' in markdown and '## Spectral overhead' in markdown
+    # The speed bench at toy size (TOY at 8x8, batch 2; sampling 2 images, 2 steps), every part.
+    speed = checks['speed_bench']
+    lean, fast, sampling = speed['lean'], speed['fast'], speed['sampling']
+    assert (lean['resolution'], lean['batch'], sampling['num_images'], sampling['num_steps']) == (8, 2, 2, 2)
+    # The profiler's counts: >= 10x fewer operator calls outside forward and backward.
+    calls = {name: row['calls'] for name, row in lean['rows'].items()}
+    assert calls['edm'] >= 10 * lean['num_tensors'] # nan_to_num, 9 in Adam, lerp + copy per tensor
+    assert calls['ours'] <= 30
+    assert calls['edm'] >= 10 * calls['ours'] and lean['call_ratio'] >= 10
+    assert set(fast['rows']) == {'exact', 'amp', 'channels_last', 'fused_adam', 'fused_attention', 'all'} and not fast['skipped']
+    assert sampling['rows']['exact']['max_abs_diff_uint8'] == 0 and sampling['rows']['exact']['images_per_s'] > 0
+    assert all(row['peak_gb'] > 0 for p in (lean, fast, sampling) for row in p['rows'].values())
+    for text in ['fewer operator calls outside forward and backward', 'the update speed', 'speed-up = exact time / fast time', 'images/s']:
+        assert text in speed['text'] and text in markdown, text
 
 # The few loop steps of the fp16 check, here on the CPU (where use_fp16 is inert).
 def test_gpucheck_tiny_run(tmp_path):
