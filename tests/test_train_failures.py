@@ -2,16 +2,17 @@
 message (a failure in the loop ends the process within seconds, data workers and all), nothing
 is validated too late, a resume is exact or refused, and no file of a run is ever replaced by
 another of its name. Each bad-input case is one line of a table: the arguments, then a piece of
-the message. What ends before training starts runs in this process (click's invoker); what
-starts the loop, its data workers or a signal runs train.py as its own process."""
+the message. Most runs are in this process (click's invoker); a signal goes to train.main in a
+process of its own, forked from this one (no second start-up of Python and torch)."""
 
 import glob
 import io
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import time
+import traceback
 import zipfile
 
 import numpy as np
@@ -19,19 +20,40 @@ import PIL.Image
 import pytest
 
 import train
-from conftest import REPO, child_env, invoke_cli, read_stats
+from conftest import invoke_cli, read_stats
 from edm_spectral.checkpoints import load_training_state
 from training import launch
 
 # A tiny network, two data workers; a case may give an option again (click keeps the last).
-TINY = ['--device=cpu', '--cbase=8', '--cres=1,2', '--batch=4', '--duration=0.00004', '--tick=1', '--seed=1', '--workers=2']
+TINY = ['--device=cpu', '--cbase=8', '--cres=1,2', '--batch=4', '--duration=0.000008', '--tick=1', '--seed=1', '--workers=2']
 
-# train.py as its own process (a hang shows only there: at exit, Python waits for the workers).
-def run_train(args, timeout=90):
-    start = time.time()
-    proc = subprocess.run([sys.executable, os.path.join(REPO, 'train.py')] + args, cwd=REPO, env=child_env(),
-        capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, proc.stdout + proc.stderr, time.time() - start
+# train.main as click runs it from the command line (its exit code), in a process forked from
+# this one, its output in a file. As at the exit of a real train.py, no data worker may be left
+# alive (Python would wait for them there, and they ignore SIGTERM: a hang); one that is fails the
+# exit code. Returns the process (started) and the output file.
+def _train_main(args, output):
+    code = 1
+    with open(output, 'w', buffering=1) as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        sys.stdout = sys.stderr = f
+        try:
+            train.main(args, prog_name='train.py')
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        alive = multiprocessing.active_children()
+        if alive:
+            print(f'data workers left alive at the exit: {alive}')
+            code = 3
+        f.flush()
+    os._exit(code)
+
+def start_train(args, output):
+    proc = multiprocessing.get_context('fork').Process(target=_train_main, args=(args, str(output)))
+    proc.start()
+    return proc
 
 def _png(pixels):
     buffer = io.BytesIO()
@@ -63,7 +85,7 @@ def inputs(tmp_path_factory):
         other_channels=_zip(root / 'other-channels.zip', good[:-1] + [_png(rnd.randint(0, 256, size=[16, 16], dtype=np.uint8))]),
         corrupt=_zip(root / 'corrupt.zip', good[:-1] + [_damaged_png(good[-1])]),
         res15=_zip(root / 'res15.zip', [_png(rnd.randint(0, 256, size=[15, 15, 3], dtype=np.uint8)) for _ in range(8)]),
-        small=_zip(root / 'small.zip', [_png(rnd.randint(0, 256, size=[8, 8, 3], dtype=np.uint8)) for _ in range(8)]), # for runs of 1000s of images
+        small=_zip(root / 'small.zip', [_png(rnd.randint(0, 256, size=[4, 4, 3], dtype=np.uint8)) for _ in range(8)]), # for runs of 1000s of images (SMALL)
     )
     # A finished run with --cbase=8: its snapshot and training state.
     runs = root / 'runs'
@@ -72,6 +94,9 @@ def inputs(tmp_path_factory):
     paths.update(run_dir=run_dir, snapshot=sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl')))[0],
         state=sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt')))[-1])
     return paths
+
+# The network for runs of 1000s of images: one level of the tiny one, on the 4x4 images of `small`.
+SMALL = ['--cres=1']
 
 #----------------------------------------------------------------------------
 # Bad inputs: (arguments, expected message). The message is one line, the exit non-zero, no
@@ -106,24 +131,22 @@ def test_bad_option_is_refused_before_the_run(case, message, inputs, tmp_path):
     assert not os.path.exists(outdir), os.listdir(outdir)
 
 # Found by the training loop, which marks the run FAILED in its log.txt: a state that has
-# nothing left to train (refused before the data loader starts: in this process), and an
-# image that decodes badly in one of the two data workers (as a process: the exit is prompt,
-# the workers' too; a hang runs into the timeout).
+# nothing left to train (refused before the data loader starts), and an image that decodes
+# badly in one of the two data workers: the failure ends the run promptly and its workers with
+# it (left alive, they would hang the exit of train.py, which waits for them).
 LOOP_FAILURES = [
-    ('--data={good} --resume={state}',  'the training state has trained 40 images, the run asks for 40 in all', False),
-    ('--data={corrupt}',                'in a data loader worker: OSError: Cannot read image 00000/img00000007.png', True),
+    ('--data={good} --resume={state}',  'the training state has trained 8 images, the run asks for 8 in all'),
+    ('--data={corrupt} --duration=0.00004', 'in a data loader worker: OSError: Cannot read image 00000/img00000007.png'),
 ]
 
-@pytest.mark.parametrize('case, message, as_process', LOOP_FAILURES, ids=[f'{i}:{case}' for i, (case, _, _) in enumerate(LOOP_FAILURES)])
-def test_loop_failure_is_one_line_and_marks_the_run(case, message, as_process, inputs, tmp_path):
+@pytest.mark.parametrize('case, message', LOOP_FAILURES, ids=[f'{i}:{case}' for i, (case, _) in enumerate(LOOP_FAILURES)])
+def test_loop_failure_is_one_line_and_marks_the_run(case, message, inputs, tmp_path):
     outdir = tmp_path / 'runs'
     args = [f'--outdir={outdir}'] + TINY + [word.format(**inputs) for word in case.split()]
-    if as_process:
-        code, output, seconds = run_train(args, timeout=60)
-        assert code != 0 and 'Traceback' not in output, output
-        assert seconds < 45, seconds # the process ends, its workers too (a hang ran into the timeout)
-    else:
-        output = invoke_cli(train.main, args, fails_with=message).output
+    start = time.time()
+    output = invoke_cli(train.main, args, fails_with=message).output
+    assert time.time() - start < 45 and 'Traceback' not in output, output
+    assert multiprocessing.active_children() == [] # the data workers ended with the run
     error = _one_error_line(output, message)
     run_dir, = glob.glob(str(outdir / '*'))
     with open(os.path.join(run_dir, 'log.txt')) as f:
@@ -146,10 +169,10 @@ def test_hostile_resume_state(inputs, hostile, tmp_path):
 
 def test_allow_changes_lists_differences(inputs, tmp_path):
     result = invoke_cli(train.main, [f'--outdir={tmp_path}/runs', f'--data={inputs["good"]}', f'--resume={inputs["state"]}', '--allow-changes',
-        '--spectral=fourier-amp'] + TINY + ['--duration=0.000048', '--workers=1'])
+        '--spectral=fourier-amp'] + TINY + ['--duration=0.000016', '--workers=1'])
     assert 'Warning: --allow-changes: this state was trained with --spectral=unset' in result.output
     state = load_training_state(sorted(glob.glob(str(tmp_path / 'runs' / '*' / 'training-state-*.pt')))[-1])
-    assert state['cur_nimg'] == 48
+    assert state['cur_nimg'] == 16
 
 #----------------------------------------------------------------------------
 # Durations are exact, in images: 1.25 kimg is 1250 images (EDM cut it to 1 kimg, so that a
@@ -163,7 +186,7 @@ def test_duration_is_exact():
 
 def test_resume_continues_to_a_fractional_duration(inputs, tmp_path):
     runs = tmp_path / 'runs'
-    big = ['--batch=250', '--tick=1', '--dump=1', '--workers=1']
+    big = SMALL + ['--batch=250', '--tick=1', '--dump=1', '--workers=1']
     invoke_cli(train.main, [f'--outdir={runs}', f'--data={inputs["small"]}'] + TINY + big + ['--duration=0.001'])
     first, = glob.glob(str(runs / '*'))
     state = os.path.join(first, 'training-state-000001.pt')
@@ -173,26 +196,27 @@ def test_resume_continues_to_a_fractional_duration(inputs, tmp_path):
     assert [tick['Progress/kimg']['mean'] for tick in read_stats(second)] == [1.25] # one step of 250 images, not none
 
 #----------------------------------------------------------------------------
-# SIGTERM stops a real train.py process cleanly (exit code 0, final snapshot and state), here
+# SIGTERM stops a real train.main process cleanly (exit code 0, final snapshot and state), here
 # between two ticks of the same kimg: the early-stop snapshot and state get the exact image
 # count; the files of the tick before are kept as they were.
 
 def test_sigterm_between_ticks_replaces_nothing(inputs, tmp_path):
-    outdir = tmp_path / 'runs'
-    cmd = [sys.executable, os.path.join(REPO, 'train.py'), f'--outdir={outdir}', f'--data={inputs["small"]}'] + TINY + [
-        '--batch=100', '--duration=10', '--tick=1', '--snap=1', '--dump=1', '--workers=1']
-    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outdir, output = tmp_path / 'runs', tmp_path / 'output.txt'
+    proc = start_train([f'--outdir={outdir}', f'--data={inputs["small"]}'] + TINY + SMALL + [
+        '--batch=100', '--duration=10', '--tick=1', '--snap=1', '--dump=1', '--workers=1'], output)
     try:
         deadline = time.time() + 120 # wait for tick 1's state (a generous bound, not a timing assertion)
-        while not glob.glob(str(outdir / '*' / 'training-state-000001.pt')) and proc.poll() is None and time.time() < deadline:
+        while not glob.glob(str(outdir / '*' / 'training-state-000001.pt')) and proc.is_alive() and time.time() < deadline:
             time.sleep(0.05)
-        assert proc.poll() is None, proc.stdout.read()
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=120)
+        assert proc.is_alive(), output.read_text()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.join(timeout=120)
     finally:
-        if proc.poll() is None:
+        if proc.is_alive():
             proc.kill()
-    assert proc.returncode == 0 and 'Stopping early on request' in output and 'Exiting...' in output, output
+            proc.join()
+    output = output.read_text()
+    assert proc.exitcode == 0 and 'Stopping early on request' in output and 'Exiting...' in output, output
     run_dir, = glob.glob(str(outdir / '*'))
     assert load_training_state(os.path.join(run_dir, 'training-state-000001.pt'))['cur_nimg'] == 1100 # tick 1: 100 + 1000 images
     last = sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt')), key=os.path.getmtime)[-1]
