@@ -183,13 +183,17 @@ def test_search_pick_prefers_consistent_variants():
 
 #----------------------------------------------------------------------------
 
+# The smoke preset, shortened further (2 training steps, 4 sampling steps): every output, the
+# quiet console, and a run folder that train_and_sample reuses for the same settings only.
+SHORT = dict(kimg=0.016, steps=4)
+
 def test_smoke_run_writes_every_output_and_keeps_the_console_quiet(tmp_path, capsys):
     outdir = str(tmp_path / 'demo')
-    summary = toy.run_experiment(outdir, preset='smoke', num_seeds=2, device='cpu')
+    summary = toy.run_experiment(outdir, preset='smoke', num_seeds=2, device='cpu', overrides=SHORT)
     for name in ['grid-ground-truth.png', 'grid-baseline.png', 'grid-spectral.png', 'samples.png', 'spectra.png', 'summary.json', 'summary.md']:
         assert os.path.isfile(os.path.join(outdir, name)), name
     on_disk = json.load(open(os.path.join(outdir, 'summary.json')))
-    assert on_disk['metrics'].keys() == {'baseline', 'spectral'}
+    assert on_disk['metrics'].keys() == {'baseline', 'spectral'} and on_disk['config']['kimg'] == SHORT['kimg']
     assert on_disk['ground_truth']['valid'] == 1.0 and on_disk['ground_truth']['leaked_power'] == pytest.approx(0, abs=1e-12)
     for rows in on_disk['per_seed'].values():
         assert [row['seed'] for row in rows] == [0, 1]
@@ -213,14 +217,15 @@ def test_smoke_run_writes_every_output_and_keeps_the_console_quiet(tmp_path, cap
     grid = PIL.Image.open(os.path.join(outdir, 'grid-spectral.png'))
     assert grid.mode == 'L' and grid.width == 2 + 8 * (3 * 16 + 2)
 
-def test_train_and_sample_reuses_a_matching_run(tmp_path, capsys):
-    cfg = toy.make_config('smoke')
-    data_dir, _gt = toy.prepare_data(str(tmp_path), cfg, data_seed=0)
-    run_dir = str(tmp_path / 'run')
-    first = toy.train_and_sample(run_dir, data_dir, cfg, None, 0, 'cpu', label='baseline')
+    # A run folder of the same settings is read back: the samples the experiment scored.
+    cfg = toy.make_config('smoke', SHORT)
+    data_dir, run_dir = os.path.join(outdir, 'data'), os.path.join(outdir, 'run-baseline-seed0')
+    gt = toy.make_checkerboards(cfg.num_images, cfg.resolution, cfg.checker_sizes, seed=0)
     again = toy.train_and_sample(run_dir, data_dir, cfg, None, 0, 'cpu', label='baseline', reuse=True)
-    assert torch.equal(first, again) and 'reused' in capsys.readouterr().out
+    assert 'reused' in capsys.readouterr().out
+    assert dict(toy.evaluate(again, gt, cfg.checker_sizes), seed=0) == on_disk['per_seed']['baseline'][0]
     toy.train_and_sample(run_dir, data_dir, cfg, None, 1, 'cpu', label='baseline', reuse=True) # another seed retrains
+    assert 'reused' not in capsys.readouterr().out
     assert json.load(open(os.path.join(run_dir, 'run.json')))['seed'] == 1
 
 #----------------------------------------------------------------------------
