@@ -87,7 +87,23 @@ def test_step_reads_nothing_from_the_device():
     training_stats._unsynced.pop('Loss/meta-test', None)
 
 # The profiler's counts (>= 10x fewer operator calls outside forward and backward): the lean
-# bench of test_gpucheck_cpu_part, which counts them on TOY at batch 2.
+# bench of test_gpucheck_cpu_part, which counts them on TOY at batch 2. They come from the
+# profiler's event tree; its list of events gives the same counts (redispatches dropped alike).
+def test_operator_counts_from_the_tree_match_the_event_list():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    ema = copy.deepcopy(net).requires_grad_(False)
+    for per_parameter in (True, False):
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, **(dict(foreach=False) if per_parameter else {}))
+        clean = multi_tensor.GradientCleaner(net.parameters())
+        for _ in range(2): # the second step counts Adam's steady state
+            net(torch.ones(2, 4)).sum().backward()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                if per_parameter:
+                    bench_loop.per_parameter_update(optimizer, net, ema, 1e-3, 0.9)
+                else:
+                    bench_loop.lean_update(optimizer, clean, net, ema, 1e-3, 0.9)
+        counts = bench_loop._count_in_tree(prof.profiler.kineto_results.experimental_event_tree())
+        assert counts == bench_loop._count_in_events(prof.events()) and counts['calls'] > 0 and counts['nested'] > 0, counts
 
 #----------------------------------------------------------------------------
 # Each fast path trains (the loss on a fixed draw falls) and stays close to the exact path.
