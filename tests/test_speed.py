@@ -87,7 +87,7 @@ def test_step_reads_nothing_from_the_device():
     training_stats._unsynced.pop('Loss/meta-test', None)
 
 # The profiler's counts (>= 10x fewer operator calls outside forward and backward): the lean
-# bench of test_gpucheck_cpu_part, which counts them on TOY at batch 2. They come from the
+# bench of test_gpucheck_cpu_part, which counts them on a toy network at batch 2. They come from the
 # profiler's event tree; its list of events gives the same counts (redispatches dropped alike).
 def test_operator_counts_from_the_tree_match_the_event_list():
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
@@ -120,7 +120,8 @@ def _exact(net):
         _exact_runs[key] = _train(None, net=net)
     return _exact_runs[key]
 
-# compile traces the network once (seconds per level of the U-Net): one level, attention at 8x8.
+# A U-Net of one level, attention at 8x8: about half of TOY's operators. compile traces the
+# network once (seconds per level), and the GPU check's CPU part runs it in place of TOY.
 ONE_LEVEL = dict(TOY, channel_mult=[1], attn_resolutions=[8])
 
 @pytest.mark.parametrize('name,options,tolerance,weight_tolerance,net', [
@@ -272,7 +273,8 @@ def test_cli_fast_path_flags(tmp_path, tiny_dataset, cli, monkeypatch):
 # make gpu-check without CUDA: the CUDA checks are skipped with a note, the rest runs at toy
 # size, and both reports are written.
 
-def test_gpucheck_cpu_part(tmp_path, cli):
+def test_gpucheck_cpu_part(tmp_path, cli, monkeypatch):
+    monkeypatch.setattr(gpucheck, 'TOY_NETWORK', ONE_LEVEL) # the toy network of every check and bench
     result = cli(gpucheck.main, ['--device=cpu', '--out', tmp_path / 'report'])
     assert 'the CUDA checks are skipped' in result.output
     with open(tmp_path / 'report' / 'gpucheck.json') as f:
@@ -284,7 +286,7 @@ def test_gpucheck_cpu_part(tmp_path, cli):
     assert checks['spectral_bench']['status'] == 'pass' and len(checks['spectral_bench']['rows']) == 5
     markdown = (tmp_path / 'report' / 'gpucheck.md').read_text()
     assert '| torchrun_nccl | skipped |' in markdown and '## Spectral overhead' in markdown
-    # The speed bench at toy size (TOY at 8x8, batch 2; sampling 2 images, 2 steps), every part.
+    # The speed bench at toy size (8x8, batch 2; sampling 2 images, 2 steps), every part.
     speed = checks['speed_bench']
     lean, fast, sampling = speed['lean'], speed['fast'], speed['sampling']
     assert (lean['resolution'], lean['batch'], sampling['num_images'], sampling['num_steps']) == (8, 2, 2, 2)

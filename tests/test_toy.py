@@ -187,7 +187,7 @@ def test_search_pick_prefers_consistent_variants():
 # quiet console, and a run folder that train_and_sample reuses for the same settings only.
 SHORT = dict(kimg=0.016, steps=4)
 
-def test_smoke_run_writes_every_output_and_keeps_the_console_quiet(tmp_path, capsys):
+def test_smoke_run_writes_every_output_and_keeps_the_console_quiet(tmp_path, capsys, monkeypatch):
     outdir = str(tmp_path / 'demo')
     summary = toy.run_experiment(outdir, preset='smoke', num_seeds=2, device='cpu', overrides=SHORT)
     for name in ['grid-ground-truth.png', 'grid-baseline.png', 'grid-spectral.png', 'samples.png', 'spectra.png', 'summary.json', 'summary.md']:
@@ -224,9 +224,16 @@ def test_smoke_run_writes_every_output_and_keeps_the_console_quiet(tmp_path, cap
     again = toy.train_and_sample(run_dir, data_dir, cfg, None, 0, 'cpu', label='baseline', reuse=True)
     assert 'reused' in capsys.readouterr().out
     assert dict(toy.evaluate(again, gt, cfg.checker_sizes), seed=0) == on_disk['per_seed']['baseline'][0]
-    toy.train_and_sample(run_dir, data_dir, cfg, None, 1, 'cpu', label='baseline', reuse=True) # another seed retrains
+    assert [json.load(open(os.path.join(outdir, f'run-baseline-seed{seed}', 'run.json')))['seed'] for seed in (0, 1)] == [0, 1]
+    # Another seed retrains (the training itself ran above: stopped where it starts).
+    class Retrains(Exception):
+        pass
+    def train_ddpm(run_dir, data_dir, cfg, spectral_kwargs, seed, device):
+        raise Retrains(seed)
+    monkeypatch.setattr(toy, 'train_ddpm', train_ddpm)
+    with pytest.raises(Retrains, match='^1$'):
+        toy.train_and_sample(run_dir, data_dir, cfg, None, 1, 'cpu', label='baseline', reuse=True)
     assert 'reused' not in capsys.readouterr().out
-    assert json.load(open(os.path.join(run_dir, 'run.json')))['seed'] == 1
 
 #----------------------------------------------------------------------------
 
