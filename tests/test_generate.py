@@ -339,12 +339,12 @@ def read_pngs(folder, seeds, subdirs=False):
 
 def test_cli_batch_independent_and_matches_library(snapshot, tmp_path, cli):
     path, net = snapshot
-    for batch in [8, 3]:
-        cli(generate.main, [f'--network={path}', f'--outdir={tmp_path / f"b{batch}"}', '--seeds=0-7', f'--batch={batch}', '--steps=4', '--device=cpu'])
-    a, b = read_pngs(tmp_path / 'b8', range(8)), read_pngs(tmp_path / 'b3', range(8))
-    assert a.shape == (8, 8, 8, 3) and np.array_equal(a, b)
-    assert len({x.tobytes() for x in a}) == 8
-    lib = sampling.generate_images(net, seeds=range(8), device='cpu', num_steps=4)
+    for batch in [5, 2]:
+        cli(generate.main, [f'--network={path}', f'--outdir={tmp_path / f"b{batch}"}', '--seeds=0-4', f'--batch={batch}', '--steps=4', '--device=cpu'])
+    a, b = read_pngs(tmp_path / 'b5', range(5)), read_pngs(tmp_path / 'b2', range(5))
+    assert a.shape == (5, 8, 8, 3) and np.array_equal(a, b)
+    assert len({x.tobytes() for x in a}) == 5
+    lib = sampling.generate_images(net, seeds=range(5), device='cpu', num_steps=4)
     assert np.array_equal(lib.permute(0, 2, 3, 1).numpy(), a)
 
 def test_cli_ablation_grid_and_subdirs(snapshot, tmp_path, cli):
