@@ -215,18 +215,17 @@ def test_bench_loop_cli(tmp_path, cli):
     from edm_spectral import bench
     out = tmp_path / 'loop.json'
     result = cli(bench.main, ['--loop', '--device=cpu', '--resolutions=8', '--cbase=8', '--batch=2', '--iters=1', '--warmup=0', '--sample-images=1', '--sample-steps=2',
-        '--parts=fast,sampling', f'--out={out}'])
-    for text in ['8 channels', 'speed-up = exact time / fast time', 'images/s', 'load average']:
+        '--parts=lean,sampling', f'--out={out}'])
+    for text in ['8 channels', 'fewer operator calls outside forward and backward', 'the update speed', 'images/s', 'load average']:
         assert text in result.output, text
-    assert 'fewer operator calls' not in result.output # --parts: no lean part
+    assert 'Fast paths vs the exact path' not in result.output # --parts: no fast part
     data = json.loads(out.read_text())
     assert data['device_name'] == bench.device_name('cpu') and data['cbase'] == 8 and len(data['load_before']) == 3
     part = data['results'][0]
-    assert set(part) == {'resolution', 'fast', 'sampling'} and data['parts'] == ['fast', 'sampling']
-    assert set(part['fast']['rows']) == {'exact', 'amp', 'channels_last', 'fused_adam', 'fused_attention', 'all'}
-    assert part['sampling']['rows']['exact']['max_abs_diff_uint8'] == 0
+    assert set(part) == {'resolution', 'lean', 'sampling'} and data['parts'] == ['lean', 'sampling']
+    assert part['lean']['call_ratio'] >= 10 and part['sampling']['rows']['exact']['max_abs_diff_uint8'] == 0
     assert (part['sampling']['num_images'], part['sampling']['num_steps']) == (1, 2) # not --batch, not the default 18
-    assert all(row['peak_gb'] > 0 for p in ('fast', 'sampling') for row in part[p]['rows'].values())
+    assert all(row['peak_gb'] > 0 for p in ('lean', 'sampling') for row in part[p]['rows'].values())
     cli(bench.main, ['--loop', '--preset=full', '--cbase=8'], fails_with='--cbase sets the reduced DDPM++')
     cli(bench.main, ['--loop', '--parts=lean,turbo'], fails_with='--parts')
 
