@@ -61,11 +61,12 @@ def init(device=None):
 # finished its work.
 # DDP wrappers sit in reference cycles that outlive their function; freeing
 # them during interpreter finalization aborts the same way, so collect them
-# here first, while the interpreter is whole.
+# here first, while the interpreter is whole. Without a process group there
+# is nothing to protect, and a full collection of a large heap costs time.
 
 def shutdown():
-    gc.collect()
     if _group_ready():
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 #----------------------------------------------------------------------------
