@@ -24,7 +24,7 @@ espeak:
 		echo "warning: could not install espeak-ng; the audio demo and its tests need it"; }
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 demo: $(STAMP)
 	$(PY) -m edm_spectral.toy --outdir=out/demo

@@ -449,6 +449,16 @@ def built_once(tmp_path_factory, name, build):
         pytest.fail(f'the shared fixture {name} failed in another worker: {stored["error"]}', pytrace=False)
     return stored['value']
 
+# xdist's loadfile hands the files out in collection order, each to the next free worker: the
+# long ones go first, so that the many short ones even out the two workers' ends (measured
+# order, longest first; the rest keep pytest's order).
+_LONG_FILES = ['test_generate.py', 'test_install.py', 'test_speed.py', 'test_train.py', 'test_sweep.py', 'test_train_failures.py',
+    'test_networks.py', 'test_audio_metrics.py', 'test_metrics_during_training.py', 'test_fid.py', 'test_toy.py', 'test_fine_tune.py']
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 #----------------------------------------------------------------------------
 # cli(command, args): invoke a click command in this process. Without fails_with, asserts
 # exit code 0 and shows the output and any traceback otherwise. With fails_with, asserts a
