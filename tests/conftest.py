@@ -1,6 +1,7 @@
 """Fixtures shared by the test files: tiny image datasets and WAV corpora, a released-format
 network snapshot and a tiny one, the training loop's tiny options, a free port, a two-process torchrun
-launcher, a click invoker, modules written from source, and hostile pickles.
+launcher and the suite's one shared launch (gloo_runs), commands in one process (run_commands), a
+click invoker, modules written from source, hostile pickles, and the run order for pytest-xdist.
 
 Helpers without state are plain functions and classes: `from conftest import make_dataset`
 (also from a worker script that a test starts with tests/ on its path). What needs pytest's
