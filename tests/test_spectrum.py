@@ -9,7 +9,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import scipy.io.wavfile
-import scipy.signal
 import torch
 from click.testing import CliRunner
 
@@ -83,6 +82,7 @@ def test_psd_1d_of_a_sine_peaks_at_its_frequency():
     assert np.sum(psd) * (freqs[1] - freqs[0]) == pytest.approx(0.5, rel=1e-3)
 
 def test_psd_1d_matches_scipy_welch():
+    import scipy.signal   # here, not at collection: ~2 s of imports that only this test needs
     x = np.random.RandomState(2).randn(3, 2, 3000)
     for hop in [None, 100]:
         freqs, psd = spectrum.power_spectral_density_1d(torch.from_numpy(x), n_fft=256, hop=hop, sample_rate=16000)
