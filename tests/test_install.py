@@ -56,7 +56,7 @@ def entry_points_ran(installed):
             '--batch=4', '--duration=0.000004', '--tick=1', '--seed=1', '--grid-seeds=0-3'],
         [_entry_point(target, 'edm-generate'), '--network', f'{{glob:{outside / "runs" / "00000-*" / "network-snapshot-*.pkl"}}}',
             '--outdir=gen', '--seeds=0-3', '--steps=4', '--grid=grid.png', '--device=cpu'],
-        [_entry_point(target, 'edm-toy'), '--preset=smoke', '--outdir=toy', '--device=cpu'],
+        [_entry_point(target, 'edm-toy'), '--preset=smoke', '--kimg=0.016', '--outdir=toy', '--device=cpu'],
     ]
     (outside / 'driver').mkdir()
     proc, outputs = run_commands(commands, outside / 'driver', timeout=600, torchrun=False, cwd=outside, env=env)
