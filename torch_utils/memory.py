@@ -1,5 +1,5 @@
 """Memory of this process: resident size, and peaks over a window (CUDA max-allocated, or the
-peak resident size on the CPU) for the status line and the benchmarks."""
+peak resident size on the CPU) for the status line (TickPeaks) and the benchmarks."""
 
 import os
 
@@ -55,5 +55,36 @@ def peak_gb(device):
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) / 2**30
     return peak_rss_gb()
+
+#----------------------------------------------------------------------------
+# The status line's peaks of one tick. EDM's gpumem and reserved cover everything since the
+# previous status line, that tick's maintenance (snapshot, grid, training state) included;
+# stepmem covers this tick's steps only. CUDA keeps one peak counter, so the maintenance's
+# peaks are read, and the counter reset, when the maintenance ends, and the status line
+# reports the larger of the two. On the CPU stepmem is the peak RSS and the GPU fields are 0.
+
+class TickPeaks:
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self._maintenance = (0.0, 0.0)
+
+    def _take_cuda(self):
+        peaks = (torch.cuda.max_memory_allocated(self.device) / 2**30, torch.cuda.max_memory_reserved(self.device) / 2**30)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return peaks
+
+    # At the status line: (stepmem, gpumem, reserved) in GiB.
+    def steps_done(self):
+        if self.device.type != 'cuda':
+            return peak_rss_gb(), 0.0, 0.0
+        allocated, reserved = self._take_cuda()
+        return allocated, max(allocated, self._maintenance[0]), max(reserved, self._maintenance[1])
+
+    # When the tick's maintenance ends: the next window holds the next tick's steps only.
+    def maintenance_done(self):
+        if self.device.type == 'cuda':
+            self._maintenance = self._take_cuda()
+        else:
+            reset_peak_rss()
 
 #----------------------------------------------------------------------------

@@ -273,14 +273,6 @@ def _status_line(values):
         parts.append(f'{label} {format(to_text(value) if to_text else value, spec)}')
     return ' '.join(parts)
 
-# Peak GPU memory since the last call, in GiB (allocated, reserved); zeros off CUDA.
-def _peak_gpu_memory_gb(device):
-    if device.type != 'cuda':
-        return 0, 0
-    peaks = torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30
-    torch.cuda.reset_peak_memory_stats(device)
-    return peaks
-
 #----------------------------------------------------------------------------
 # Network snapshot in EDM's pickle format (training/snapshots.py): frozen CPU copies of the
 # modules (checked equal on all ranks), written by rank 0, with a sample grid when asked.
@@ -451,6 +443,7 @@ def training_loop(
         dist.print0()
         tick = dnnlib.EasyDict(index=0, start_nimg=progress['cur_nimg'], start_time=time.time())
         tick.maintenance = tick.start_time - start_time
+        peaks = memory.TickPeaks(device)
         dist.update_progress(progress['cur_nimg'] // 1000, total_kimg)
         last_snapshot = None
         stopped = False
@@ -485,9 +478,7 @@ def training_loop(
             # Status line.
             tick_end_time = time.time()
             tick_seconds = tick_end_time - tick.start_time
-            gpumem, reserved = _peak_gpu_memory_gb(device)
-            # Peak of the tick's steps: CUDA max-allocated, or the process' peak RSS on the CPU.
-            stepmem = gpumem if device.type == 'cuda' else memory.peak_rss_gb()
+            stepmem, gpumem, reserved = peaks.steps_done()   # the steps' peak; EDM's, with the last maintenance
             dist.print0(_status_line({
                 'Progress/tick': tick.index, 'Progress/kimg': cur_nimg / 1e3,
                 'Timing/total_sec': tick_end_time - start_time, 'Timing/sec_per_tick': tick_seconds,
@@ -519,7 +510,7 @@ def training_loop(
             dist.update_progress(kimg, total_kimg)
             tick.update(index=tick.index + 1, start_nimg=cur_nimg, start_time=time.time())
             tick.maintenance = tick.start_time - tick_end_time
-            memory.reset_peak_rss() # the next tick's steps, without this maintenance
+            peaks.maintenance_done() # the next tick's steps, without this maintenance
 
     dist.barrier() # no rank leaves while another still writes or syncs
     dist.print0()
