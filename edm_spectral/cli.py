@@ -292,25 +292,39 @@ def load_snapshot_option(path, option, trust_code=False, device='cpu'):
 
 # --resume: training.launch.resume_kwargs, with its problems as messages.
 
-# The state is read once here (storage memory-mapped), so that a corrupt or refused file is
-# one error before the run folder is made.
+# The state is read here (storage memory-mapped), so that a corrupt or refused file is one
+# error before the run folder is made; the loop's reader (training_readers) then takes this
+# object instead of reading the file again (a trusted pickle's code runs once). The hand-over
+# holds one state, for the file as it was read (path, size, mtime).
+_checked_state = {}
+
+def _file_key(path):
+    st = os.stat(path)
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
 def resume_option(path, trust_code=False):
     from training.launch import resume_kwargs
     from edm_spectral.checkpoints import load_training_state
+    _checked_state.clear()
     try:
         kwargs = resume_kwargs(path)
-        load_training_state(path, trust_code=trust_code, mmap=True)
+        state = load_training_state(path, trust_code=trust_code, mmap=True)
     except (ValueError, FileNotFoundError, pickle.UnpicklingError) as e: # the last: refused by the safe loader
         raise click.ClickException(f'--resume: {e}') from e
+    _checked_state[(_file_key(path), trust_code)] = state
     return kwargs
+
+def _load_checked_training_state(path, trust_code=False):
+    from edm_spectral.checkpoints import load_training_state
+    state = _checked_state.pop((_file_key(path), trust_code), None) if os.path.isfile(path) else None
+    return state if state is not None else load_training_state(path, trust_code=trust_code)
 
 # The readers training_loop uses for resume_pkl and resume_state_dump (training/ does not
 # import this package): the safe loader unless trust_code, snapshots read as above, with
 # `option` (e.g. '--transfer') in the messages.
 
 def training_readers(option, trust_code=False):
-    from edm_spectral.checkpoints import load_training_state
     return dict(load_snapshot=functools.partial(load_snapshot_option, option=option, trust_code=trust_code),
-        load_training_state=functools.partial(load_training_state, trust_code=trust_code))
+        load_training_state=functools.partial(_load_checked_training_state, trust_code=trust_code))
 
 #----------------------------------------------------------------------------
