@@ -27,6 +27,12 @@ def data(tiny_dataset):
 def labeled_data(tiny_dataset):
     return tiny_dataset('tinycond-8x8', num_classes=3)
 
+# The tiny network of loop_kwargs at one level, with attention: about half the modules to build,
+# copy, pickle and run (the loop does not depend on the levels; tests/test_networks.py builds two).
+def one_level(kwargs):
+    kwargs['network_kwargs'].update(channel_mult=[1], attn_resolutions=[8])
+    return kwargs
+
 #----------------------------------------------------------------------------
 # Known answers of the schedules.
 
@@ -50,8 +56,8 @@ def test_lr_and_ema_schedules():
 def test_precond_arch_steps(tmp_path, data, precond, arch):
     run_dir = str(tmp_path / 'run')
     augment = 0.5 if (precond, arch) in [('edm', 'ddpmpp'), ('vp', 'ncsnpp')] else None
-    result = training_loop.training_loop(**loop_kwargs(run_dir, data, precond=precond, arch=arch, augment=augment, state_dump_ticks=None,
-        total_kimg=0.004))
+    result = training_loop.training_loop(**one_level(loop_kwargs(run_dir, data, precond=precond, arch=arch, augment=augment,
+        state_dump_ticks=None, total_kimg=0.004)))
     assert result.cur_nimg == 4
     stats = read_stats(run_dir)
     assert len(stats) == 1 # tick 0 is the final tick
@@ -70,10 +76,12 @@ def test_precond_arch_steps(tmp_path, data, precond, arch):
 def test_resume_is_bitwise_exact(tmp_path, data):
     common = dict(augment=0.5, batch_gpu=2, ema_halflife_kimg=0.01, lr_rampup_kimg=0.01, # dropout 0.1 draws from the RNG too
         snapshot_ticks=None, state_dump_ticks=100) # a state at the end only
-    full = training_loop.training_loop(**loop_kwargs(str(tmp_path / 'full'), data, total_kimg=0.016, **common))
-    part = training_loop.training_loop(**loop_kwargs(str(tmp_path / 'part'), data, total_kimg=0.008, **common))
+    run = lambda name, total_kimg, **kwargs: training_loop.training_loop(**one_level(loop_kwargs(str(tmp_path / name), data,
+        total_kimg=total_kimg, **common, **kwargs)))
+    full = run('full', 0.016)
+    part = run('part', 0.008)
     state_path = snapshots.latest_file(part.run_dir, 'training-state', '.pt')
-    rest = training_loop.training_loop(**loop_kwargs(str(tmp_path / 'rest'), data, total_kimg=0.016, resume_state_dump=state_path, **common))
+    rest = run('rest', 0.016, resume_state_dump=state_path)
     a = load_training_state(snapshots.latest_file(full.run_dir, 'training-state', '.pt'))
     b = load_training_state(snapshots.latest_file(rest.run_dir, 'training-state', '.pt'))
     p = load_training_state(state_path)
@@ -91,7 +99,7 @@ def test_resume_is_bitwise_exact(tmp_path, data):
 
 def test_snapshot_and_state_cadence(tmp_path, data):
     run_dir = str(tmp_path / 'run')
-    training_loop.training_loop(**loop_kwargs(run_dir, data, total_kimg=0.004, kimg_per_tick=1, batch_size=2))
+    training_loop.training_loop(**one_level(loop_kwargs(run_dir, data, total_kimg=0.004, kimg_per_tick=1, batch_size=2)))
     # Two steps: tick 0 after step 1 (snapshot only), then done (snapshot + state).
     # The final snapshot lands in the same kimg as tick 0's, so it takes the exact image count (issue 16).
     assert sorted(os.listdir(run_dir)) == ['network-snapshot-000000.004.pkl', 'network-snapshot-000000.pkl', 'stats.jsonl', 'training-state-000000.004.pt']
@@ -107,7 +115,7 @@ def test_stop_request_writes_final_state(tmp_path, data, monkeypatch):
         return len(calls) >= 2
     monkeypatch.setattr(training_loop.dist, 'should_stop', should_stop)
     run_dir = str(tmp_path / 'run')
-    result = training_loop.training_loop(**loop_kwargs(run_dir, data, total_kimg=1, state_dump_ticks=100, snapshot_ticks=100))
+    result = training_loop.training_loop(**one_level(loop_kwargs(run_dir, data, total_kimg=1, state_dump_ticks=100, snapshot_ticks=100)))
     assert result.cur_nimg == 8
     assert load_training_state(snapshots.latest_file(run_dir, 'training-state', '.pt'))['cur_nimg'] == 8
 
@@ -115,7 +123,8 @@ def test_stop_request_writes_final_state(tmp_path, data, monkeypatch):
 # train.py end to end: dry run, run dir naming, options file, logs, snapshot loading and
 # sampling, spectral pass-through, --transfer and --resume.
 
-TRAIN_ARGS = ['--device=cpu', '--cbase=16', '--cres=1,2', '--batch=4', '--duration=0.000008', '--tick=1', '--seed=3', '--dump=1']
+# One level (--cres=1): half the network to build, pickle and load in every step of the test.
+TRAIN_ARGS = ['--device=cpu', '--cbase=16', '--cres=1', '--batch=4', '--duration=0.000008', '--tick=1', '--seed=3', '--dump=1']
 
 def test_train_cli_end_to_end(tmp_path, labeled_data, cli):
     outdir = str(tmp_path / 'runs')
@@ -139,7 +148,7 @@ def test_train_cli_end_to_end(tmp_path, labeled_data, cli):
     assert list(c['dataset_kwargs']) == ['class_name', 'path', 'use_labels', 'xflip', 'cache', 'resolution', 'max_size']
     assert c['dataset_kwargs']['resolution'] == 8 and c['dataset_kwargs']['max_size'] == 16
     assert list(c['network_kwargs'])[-4:] == ['class_name', 'augment_dim', 'dropout', 'use_fp16']
-    assert c['network_kwargs']['model_channels'] == 16 and c['network_kwargs']['channel_mult'] == [1, 2]
+    assert c['network_kwargs']['model_channels'] == 16 and c['network_kwargs']['channel_mult'] == [1]
     assert c['augment_kwargs'] == dict(class_name='training.augment.AugmentPipe', p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
     sk = c['loss_kwargs']['spectral_kwargs']
     assert (sk['kind'], sk['wavelet'], sk['weight'], sk['levels']) == ('wavelet', 'bior1.3', 0.5, 2)
@@ -192,7 +201,7 @@ def test_train_cli_end_to_end(tmp_path, labeled_data, cli):
     # spectral term (a resume that changes it is refused; tests/test_train_failures.py).
     state_path = snapshots.latest_file(run_dir, 'training-state', '.pt')
     cli(train.main, [f'--outdir={outdir}', f'--data={labeled_data}', '--cond=1', f'--resume={state_path}', '--desc=more',
-        '--device=cpu', '--cbase=16', '--cres=1,2', '--batch=4', '--duration=0.000016', '--tick=1', '--seed=3', '--dump=1'] + spectral)
+        '--device=cpu', '--cbase=16', '--cres=1', '--batch=4', '--duration=0.000016', '--tick=1', '--seed=3', '--dump=1'] + spectral)
     run_dir3 = os.path.join(outdir, '00002-tinycond-8x8-cond-ddpmpp-edm-gpus1-batch4-fp32-more')
     with open(os.path.join(run_dir3, 'training_options.json')) as f:
         c3 = json.load(f)
