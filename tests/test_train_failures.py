@@ -24,8 +24,8 @@ from conftest import invoke_cli, read_stats
 from edm_spectral.checkpoints import load_training_state
 from training import launch
 
-# A tiny network, two data workers; a case may give an option again (click keeps the last).
-TINY = ['--device=cpu', '--cbase=8', '--cres=1,2', '--batch=4', '--duration=0.000008', '--tick=1', '--seed=1', '--workers=2']
+# A tiny network (one level), two data workers; a case may give an option again (click keeps the last).
+TINY = ['--device=cpu', '--cbase=8', '--cres=1', '--batch=4', '--duration=0.000008', '--tick=1', '--seed=1', '--workers=2']
 
 # train.main as click runs it from the command line (its exit code), in a process forked from
 # this one, its output in a file. As at the exit of a real train.py, no data worker may be left
@@ -85,7 +85,7 @@ def inputs(tmp_path_factory):
         other_channels=_zip(root / 'other-channels.zip', good[:-1] + [_png(rnd.randint(0, 256, size=[16, 16], dtype=np.uint8))]),
         corrupt=_zip(root / 'corrupt.zip', good[:-1] + [_damaged_png(good[-1])]),
         res15=_zip(root / 'res15.zip', [_png(rnd.randint(0, 256, size=[15, 15, 3], dtype=np.uint8)) for _ in range(8)]),
-        small=_zip(root / 'small.zip', [_png(rnd.randint(0, 256, size=[4, 4, 3], dtype=np.uint8)) for _ in range(8)]), # for runs of 1000s of images (SMALL)
+        small=_zip(root / 'small.zip', [_png(rnd.randint(0, 256, size=[4, 4, 3], dtype=np.uint8)) for _ in range(8)]), # for runs of 1000s of images
     )
     # A finished run with --cbase=8: its snapshot and training state.
     runs = root / 'runs'
@@ -94,9 +94,6 @@ def inputs(tmp_path_factory):
     paths.update(run_dir=run_dir, snapshot=sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl')))[0],
         state=sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt')))[-1])
     return paths
-
-# The network for runs of 1000s of images: one level of the tiny one, on the 4x4 images of `small`.
-SMALL = ['--cres=1']
 
 #----------------------------------------------------------------------------
 # Bad inputs: (arguments, expected message). The message is one line, the exit non-zero, no
@@ -186,7 +183,7 @@ def test_duration_is_exact():
 
 def test_resume_continues_to_a_fractional_duration(inputs, tmp_path):
     runs = tmp_path / 'runs'
-    big = SMALL + ['--batch=250', '--tick=1', '--dump=1', '--workers=1']
+    big = ['--batch=250', '--tick=1', '--dump=1', '--workers=1']
     invoke_cli(train.main, [f'--outdir={runs}', f'--data={inputs["small"]}'] + TINY + big + ['--duration=0.001'])
     first, = glob.glob(str(runs / '*'))
     state = os.path.join(first, 'training-state-000001.pt')
@@ -202,7 +199,7 @@ def test_resume_continues_to_a_fractional_duration(inputs, tmp_path):
 
 def test_sigterm_between_ticks_replaces_nothing(inputs, tmp_path):
     outdir, output = tmp_path / 'runs', tmp_path / 'output.txt'
-    proc = start_train([f'--outdir={outdir}', f'--data={inputs["small"]}'] + TINY + SMALL + [
+    proc = start_train([f'--outdir={outdir}', f'--data={inputs["small"]}'] + TINY + [
         '--batch=100', '--duration=10', '--tick=1', '--snap=1', '--dump=1', '--workers=1'], output)
     try:
         deadline = time.time() + 120 # wait for tick 1's state (a generous bound, not a timing assertion)
