@@ -20,6 +20,11 @@ from training import training_loop
 
 TOY = gpucheck.TOY_NETWORK # a DDPM++ of 16 channels, attention at 4x4, dropout
 
+# A U-Net of one level, attention at 8x8: about half of TOY's operators. compile traces the
+# network once (seconds per level); the lean step's bits, the sampling forms and the GPU
+# check's CPU part run it in place of TOY.
+ONE_LEVEL = dict(TOY, channel_mult=[1], attn_resolutions=[8])
+
 @pytest.fixture(autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
@@ -35,7 +40,7 @@ def _states_equal(a, b):
 # weights and draws, end in identical weights, EMA and Adam state, non-finite gradients included.
 
 def test_lean_step_matches_per_parameter_loop():
-    trainers = [bench_loop.Trainer(TOY, 8, 4, 'cpu', per_parameter=per_parameter, lr=1e-2, ema_beta=0.9) for per_parameter in (True, False)]
+    trainers = [bench_loop.Trainer(ONE_LEVEL, 8, 4, 'cpu', per_parameter=per_parameter, lr=1e-2, ema_beta=0.9) for per_parameter in (True, False)]
     def corrupt(grads):
         grads[3].view(-1)[0] = float('nan')
         grads[5].view(-1)[1] = float('inf')
@@ -48,7 +53,7 @@ def test_lean_step_matches_per_parameter_loop():
     sa, sb = edm.optimizer.state_dict()['state'], ours.optimizer.state_dict()['state']
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
     assert float(sa[0]['step']) == 5
-    assert not _states_equal(edm.net, bench_loop.Trainer(TOY, 8, 4, 'cpu').net) # it did train
+    assert not _states_equal(edm.net, bench_loop.Trainer(ONE_LEVEL, 8, 4, 'cpu').net) # it did train
 
 # Settings the multi-tensor Adam does not cover go to torch's own step.
 def test_adam_step_falls_back_to_torch():
@@ -119,10 +124,6 @@ def _exact(net):
     if key not in _exact_runs:
         _exact_runs[key] = _train(None, net=net)
     return _exact_runs[key]
-
-# A U-Net of one level, attention at 8x8: about half of TOY's operators. compile traces the
-# network once (seconds per level), and the GPU check's CPU part runs it in place of TOY.
-ONE_LEVEL = dict(TOY, channel_mult=[1], attn_resolutions=[8])
 
 @pytest.mark.parametrize('name,options,tolerance,weight_tolerance,net', [
     ('amp', dict(amp='bf16'), 5e-2, 0.5, TOY),
@@ -237,10 +238,10 @@ def test_bench_loop_cli(tmp_path, cli):
 def test_sampling_forms_leave_the_exact_network_alone():
     from training.sampling import generate_images
     seeds = [0, 1, 2]
-    fresh = bench_loop.Trainer(TOY, 8, 1, 'cpu').net.eval().requires_grad_(False)
+    fresh = bench_loop.Trainer(ONE_LEVEL, 8, 1, 'cpu').net.eval().requires_grad_(False)
     assert torch.equal(generate_images(bench_loop.sampling_forms(fresh, 'cpu')['amp'], seeds, num_steps=3),
         generate_images(fresh, seeds, num_steps=3)) # bf16 or not: the same images
-    exact = bench_loop.sampling_network(TOY, 8, 'cpu')
+    exact = bench_loop.sampling_network(ONE_LEVEL, 8, 'cpu')
     before = generate_images(exact, seeds, num_steps=3)
     forms = bench_loop.sampling_forms(exact, 'cpu')
     assert set(forms) == set(bench_loop.SAMPLING_FORMS)
