@@ -61,12 +61,38 @@ def _parse_spec(path):
 def spec_sections():
     return _parse_spec(_SPEC_FILE) if os.path.isfile(_SPEC_FILE) else None
 
+# Full-size nets are built on the meta device (no storage, never run) with parameters of the
+# drawn shapes that are not drawn: on meta, each of weight_init's few arithmetic ops runs
+# through torch's Python reference kernels (~0.3 ms each, 0.2-0.4 s a network). The mode is
+# still checked; test_undrawn_parameters_keep_the_layout checks that the shortcut keeps the
+# state_dict's keys and shapes.
+def _undrawn_parameter(shape, gain, mode, fan_in, fan_out):
+    if mode not in networks._INIT_SCHEMES:
+        raise ValueError(f'unknown init mode {mode!r}')
+    return torch.nn.Parameter(torch.empty(shape))
+
+@pytest.fixture
+def undrawn(monkeypatch):
+    monkeypatch.setattr(networks, '_drawn_parameter', _undrawn_parameter)
+
+def _layout(net):
+    return [(name, tuple(t.shape)) for name, t in net.state_dict().items()]
+
+def test_undrawn_parameters_keep_the_layout(monkeypatch):
+    drawn = {arch: _layout(_tiny('EDMPrecond', arch, label_dim=3, augment_dim=9)) for arch in _ARCHS}
+    drawn['iddpm'] = _layout(_tiny('iDDPMPrecond', 'adm', label_dim=3))
+    monkeypatch.setattr(networks, '_drawn_parameter', _undrawn_parameter)
+    with torch.device('meta'):
+        undrawn = {arch: _layout(_tiny('EDMPrecond', arch, label_dim=3, augment_dim=9)) for arch in _ARCHS}
+        undrawn['iddpm'] = _layout(_tiny('iDDPMPrecond', 'adm', label_dim=3))
+    assert undrawn == drawn
+
 @pytest.mark.parametrize('tag', sorted(_CONFIGS))
-def test_released_config_state_dict_layout(tag, spec_sections):
+def test_released_config_state_dict_layout(tag, spec_sections, undrawn):
     class_name, kwargs, num_params, num_keys, digest = _CONFIGS[tag]
-    with torch.device('meta'): # Full-size nets: build without allocating, never run.
+    with torch.device('meta'):
         net = getattr(networks, class_name)(**kwargs)
-    ours = [(name, tuple(t.shape)) for name, t in net.state_dict().items()]
+    ours = _layout(net)
     assert sum(p.numel() for p in net.parameters()) == num_params
     assert len(ours) == num_keys
     if spec_sections is not None:
@@ -76,7 +102,7 @@ def test_released_config_state_dict_layout(tag, spec_sections):
             assert a == b, f'config {tag}: state_dict entry {i} is {a}, reference has {b}'
     assert _digest(ours) == digest
 
-def test_released_ncsnpp_buffers_and_heads():
+def test_released_ncsnpp_buffers_and_heads(undrawn):
     with torch.device('meta'):
         ncsn = networks.EDMPrecond(**_CONFIGS['B'][1])
         adm = networks.EDMPrecond(**_CONFIGS['E'][1])
