@@ -21,8 +21,8 @@ from training import training_loop
 TOY = gpucheck.TOY_NETWORK # a DDPM++ of 16 channels, attention at 4x4, dropout
 
 # A U-Net of one level, attention at 8x8: about half of TOY's operators. compile traces the
-# network once (seconds per level); the lean step's bits, the sampling forms and the GPU
-# check's CPU part run it in place of TOY.
+# network once (seconds per level); the lean step's bits, every fast path's run, the sampling
+# forms and the GPU check's CPU part run it in place of TOY.
 ONE_LEVEL = dict(TOY, channel_mult=[1], attn_resolutions=[8])
 
 @pytest.fixture(autouse=True)
@@ -126,10 +126,10 @@ def _exact(net):
     return _exact_runs[key]
 
 @pytest.mark.parametrize('name,options,tolerance,weight_tolerance,net', [
-    ('amp', dict(amp='bf16'), 5e-2, 0.5, TOY),
-    ('channels_last', dict(channels_last=True), 1e-3, 0.05, TOY),
-    ('fused_adam', dict(fused_adam=True), 1e-3, 0.05, TOY),
-    ('fused_attention', dict(fused_attention=True), 1e-3, 0.05, TOY),
+    ('amp', dict(amp='bf16'), 5e-2, 0.5, ONE_LEVEL),
+    ('channels_last', dict(channels_last=True), 1e-3, 0.05, ONE_LEVEL),
+    ('fused_adam', dict(fused_adam=True), 1e-3, 0.05, ONE_LEVEL),
+    ('fused_attention', dict(fused_attention=True), 1e-3, 0.05, ONE_LEVEL),
     ('compile', dict(compile='eager'), 1e-6, 1e-6, ONE_LEVEL), # eager: the same kernels, traced
 ], ids=['amp', 'channels_last', 'fused_adam', 'fused_attention', 'compile'])
 def test_fast_path_trains_close_to_exact(name, options, tolerance, weight_tolerance, net):
