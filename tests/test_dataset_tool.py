@@ -141,8 +141,13 @@ def test_zip_source_to_folder_and_max_images(tmp_path):
 def test_file_naming_beyond_1000(tmp_path):
     src = tmp_path / 'src'
     src.mkdir()
+    pngs = []
+    for color in range(256): # encoded once each, written 1002 times
+        buffer = io.BytesIO()
+        PIL.Image.new('L', (2, 2), color=color).save(buffer, format='png')
+        pngs.append(buffer.getvalue())
     for i in range(1002):
-        PIL.Image.new('L', (2, 2), color=i % 256).save(src / f'{i:04d}.png')
+        (src / f'{i:04d}.png').write_bytes(pngs[i % 256])
     dest = tmp_path / 'out.zip'
     _convert(src, dest)
     with zipfile.ZipFile(dest) as z:
