@@ -76,7 +76,10 @@ def load_vggish(path, device='cpu'):
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter('ignore') # torch.load warns when handed a TorchScript archive; the caller falls back to it.
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        try:   # memory-mapped: the 290 MB of weights are read as the network uses them
+            state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        except RuntimeError:   # a file in torch's legacy (pre-1.6, not zip) format cannot be mapped
+            state = torch.load(path, map_location='cpu', weights_only=True)
     if not isinstance(state, dict) or 'features.0.weight' not in state:
         raise ValueError(f'{path} is not a VGGish state dict (expected keys features.*, embeddings.*)')
     state = {k: v for k, v in state.items() if k.startswith(('features.', 'embeddings.'))}
