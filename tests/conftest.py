@@ -1,7 +1,8 @@
 """Fixtures shared by the test files: tiny image datasets and WAV corpora, a released-format
 network snapshot and a tiny one, the training loop's tiny options, a free port, a two-process torchrun
 launcher and the suite's one shared launch (gloo_runs), commands in one process (run_commands), a
-click invoker, modules written from source, hostile pickles, and the run order for pytest-xdist.
+function in a forked process (run_forked), a click invoker, modules written from source, hostile
+pickles, and the run order for pytest-xdist.
 
 Helpers without state are plain functions and classes: `from conftest import make_dataset`
 (also from a worker script that a test starts with tests/ on its path). What needs pytest's
@@ -421,6 +422,54 @@ def _build_gloo_runs(root):
         audio_runs=str(root / 'audio-runs'), vocoded=str(root / 'vocoded'), two_ranks=str(root / 'two-ranks'),
         stop_poll_run=str(root / 'stop-poll'), stop_poll=str(root / 'stop-poll-result'), returncode=proc.returncode,
         outputs=dict(zip(commands, outputs)))
+
+#----------------------------------------------------------------------------
+# fn(*args) in a process forked from this one (no second start-up of Python and torch):
+# start_forked starts it with its stdout in the file `out` and its stderr in `err` (default:
+# the same file) and returns the multiprocessing process, for a test that signals it;
+# finish_forked waits (killing it after timeout s) and returns a CompletedProcess. The exit
+# code is fn's return value (None: 0), a SystemExit's code, or 1 after an exception, whose
+# traceback goes to stderr. run_forked does both.
+
+def _forked_main(fn, args, out, err):
+    code = 1
+    for path, fds in ([(out, (1, 2))] if err is None else [(out, (1,)), (err, (2,))]):
+        with open(path, 'w') as f:
+            for fd in fds:
+                os.dup2(f.fileno(), fd)
+    sys.stdout, sys.stderr = open(1, 'w', buffering=1, closefd=False), open(2, 'w', buffering=1, closefd=False)
+    try:
+        result = fn(*args)
+        code = 0 if result is None else int(result)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+def start_forked(fn, args, out, err=None):
+    import multiprocessing
+    proc = multiprocessing.get_context('fork').Process(target=_forked_main, args=(fn, tuple(args), str(out), err and str(err)))
+    proc.start()
+    return proc
+
+def finish_forked(proc, out, err=None, timeout=300):
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    with open(out) as f:
+        stdout = f.read()
+    stderr = '' if err is None else open(err).read()
+    return subprocess.CompletedProcess([], proc.exitcode, stdout, stderr)
+
+def run_forked(fn, args, out, err=None, timeout=300):
+    return finish_forked(start_forked(fn, args, out, err), out, err, timeout)
 
 #----------------------------------------------------------------------------
 # Under pytest-xdist (`make test` runs two workers, -n 2 --dist loadfile: most of the suite's

@@ -16,12 +16,11 @@ Usage:
     assert res.stdout.strip() == '8'
 """
 
-import multiprocessing
 import os
-import subprocess
 import sys
 import textwrap
-import traceback
+
+from conftest import run_forked
 
 #----------------------------------------------------------------------------
 # Sources of the stand-in package.
@@ -112,35 +111,21 @@ for _name in list(sys.modules):
 '''
 
 #----------------------------------------------------------------------------
-# The script runs in a process forked from this one (a second Python start-up with torch costs
-# seconds), made to forget this repository first: every module loaded from it (our packages,
-# the test modules), every module persistence made from an embedded source, and the path
-# entries in or under it. The preamble then puts the stand-in first and installs the blocker,
-# as it does in a fresh interpreter. Output goes to files; the exit code is the script's.
+# The script runs in a process forked from this one (conftest.run_forked: a second Python
+# start-up with torch costs seconds), made to forget this repository first: every module
+# loaded from it (our packages, the test modules), every module persistence made from an
+# embedded source, and the path entries in or under it. The preamble then puts the stand-in
+# first and installs the blocker, as it does in a fresh interpreter.
 
-def _forked_child(code, root, repo):
+def _forget_repo_and_exec(code, root, repo):
     under = lambda path, folder: os.path.abspath(path) == folder or os.path.abspath(path).startswith(folder + os.sep)
     inside = lambda path: path is not None and under(path, repo) and not under(path, os.path.abspath(sys.prefix))  # not a venv in the checkout
-    with open(os.path.join(root, 'stdout.txt'), 'w') as out, open(os.path.join(root, 'stderr.txt'), 'w') as err:
-        os.dup2(out.fileno(), 1)
-        os.dup2(err.fileno(), 2)
-    sys.stdout, sys.stderr = open(1, 'w', buffering=1, closefd=False), open(2, 'w', buffering=1, closefd=False)
     os.chdir(root)
     sys.path[:] = [p for p in sys.path if p and not inside(p)]
     for name, module in list(sys.modules.items()):
         if name.startswith('_imported_module_') or inside(getattr(module, '__file__', None)):
             del sys.modules[name]
-    status = 1
-    try:
-        exec(compile(code, '<stock EDM stand-in>', 'exec'), dict(__name__='__main__'))
-        status = 0
-    except SystemExit as e:
-        status = e.code if isinstance(e.code, int) else int(e.code is not None)
-    except BaseException:
-        traceback.print_exc()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    exec(compile(code, '<stock EDM stand-in>', 'exec'), dict(__name__='__main__'))
 
 #----------------------------------------------------------------------------
 # Write the stand-in package under root (created if needed); returns root.
@@ -164,15 +149,7 @@ def run_in_stock_env(script, tmp_path, timeout=300, check=True, blocked=BLOCKED_
     root = build_stock_env(os.path.join(str(tmp_path), 'stock_edm'))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = _PREAMBLE.format(root=root, repo=repo, blocked=tuple(blocked)) + '\n' + textwrap.dedent(script)
-    proc = multiprocessing.get_context('fork').Process(target=_forked_child, args=(code, root, repo))
-    proc.start()
-    proc.join(timeout)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        raise AssertionError(f'Script in the stock EDM stand-in did not finish in {timeout} s')
-    with open(os.path.join(root, 'stdout.txt')) as out, open(os.path.join(root, 'stderr.txt')) as err:
-        res = subprocess.CompletedProcess([], proc.exitcode, out.read(), err.read())
+    res = run_forked(_forget_repo_and_exec, (code, root, repo), os.path.join(root, 'stdout.txt'), os.path.join(root, 'stderr.txt'), timeout)
     if check and res.returncode != 0:
         raise AssertionError(f'Script failed in the stock EDM stand-in (exit code {res.returncode}):\n'
             f'--- stdout ---\n{res.stdout}\n--- stderr ---\n{res.stderr}')

@@ -5,6 +5,7 @@ the CLI (and sub-command) with its arguments, then a piece of the expected messa
 import os
 import shutil
 import tempfile
+import traceback
 
 import numpy as np
 import PIL.Image
@@ -12,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import tiny_ddpmpp
+from conftest import run_forked, tiny_ddpmpp
 
 #----------------------------------------------------------------------------
 # The CLIs: import name, and options every case of it gets first (a case may give them again;
@@ -260,35 +261,22 @@ def test_writable_checks_leave_nothing_behind(tmp_path):
         assert isinstance(info.value, ValueError)
     assert _tree(tmp_path) == before
 
-# dataset_tool.main with args in a process forked from this one (no second Python start-up), as
-# the user nobody when this one is root (root may write anywhere); returns the exit code and the
+# dataset_tool.main with args in a process forked from this one (conftest.run_forked), as the
+# user nobody when this one is root (root may write anywhere); returns the exit code and the
 # output, with the traceback of any exception other than click's exit.
-def _dataset_tool_as_nobody(args):
-    import json
-    import traceback
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read)
-            if os.geteuid() == 0:
-                os.setgroups([])
-                os.setresgid(65534, 65534, 65534)
-                os.setresuid(65534, 65534, 65534)
-            result = CliRunner().invoke(_command('dataset_tool'), args)
-            output = result.output
-            if result.exc_info is not None and not isinstance(result.exception, SystemExit):
-                output += ''.join(traceback.format_exception(*result.exc_info))
-            with os.fdopen(write, 'w') as f:
-                json.dump(dict(code=result.exit_code, output=output), f)
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        text = f.read()
-    os.waitpid(pid, 0)
-    reply = json.loads(text)
-    return reply['code'], reply['output']
+def _dataset_tool_as_nobody(args, out):
+    def child():
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+        result = CliRunner().invoke(_command('dataset_tool'), args)
+        print(result.output, end='')
+        if result.exc_info is not None and not isinstance(result.exception, SystemExit):
+            traceback.print_exception(*result.exc_info)
+        return result.exit_code
+    res = run_forked(child, (), out, timeout=120)
+    return res.returncode, res.stdout
 
 # A read-only folder: root may write anywhere, so the CLI runs as the user nobody then.
 def test_read_only_folder_is_refused():
@@ -302,7 +290,7 @@ def test_read_only_folder_is_refused():
         os.mkdir(locked, 0o555)
         os.chmod(locked, 0o555)
         for dest in [os.path.join(locked, 'out.zip'), os.path.join(locked, 'new', 'out')]:
-            code, output = _dataset_tool_as_nobody([f'--source={src}', f'--dest={dest}'])
+            code, output = _dataset_tool_as_nobody([f'--source={src}', f'--dest={dest}'], os.path.join(top, 'output.txt'))
             assert code != 0 and 'Traceback' not in output, output
             assert f'--dest {dest} cannot be created: {locked} does not accept new files (Permission denied)' in output, output
             assert os.listdir(locked) == []

@@ -2,11 +2,9 @@
 import hooks and error cases."""
 
 import copy
-import multiprocessing
 import pickle
 import sys
 import textwrap
-import traceback
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import torch
 
 from torch_utils import persistence
 
-from conftest import PersistentMeta
+from conftest import PersistentMeta, run_forked
 
 #----------------------------------------------------------------------------
 # A small module with persistent classes, written to disk so that its source
@@ -101,25 +99,19 @@ def test_plain_class(tiny):
     obj = pickle.loads(pickle.dumps(tiny.PlainThing(1, b=5)))
     assert obj.total == 6 and obj.init_args == (1,) and obj.init_kwargs == dict(b=5)
 
-# In a process forked from this one that forgets the tiny module (not imported, not on its path)
-# and every source that persistence has seen, as a fresh process would: it writes 'ok' or what
-# failed to `result`.
-def _unpickle_forgetting(module_name, folder, net_path, io_path, result):
-    try:
-        del sys.modules[module_name]
-        sys.path[:] = [p for p in sys.path if p != folder]
-        persistence._source_by_module.clear()
-        persistence._module_by_source.clear()
-        net = pickle.load(open(net_path, 'rb'))
-        ref = torch.load(io_path)
-        assert type(net).__module__.startswith('_imported_module_'), type(net).__module__
-        assert torch.equal(net(ref['x']), ref['y'])
-        assert net.init_args == (3,)
-        message = 'ok'
-    except BaseException:
-        message = traceback.format_exc()
-    with open(result, 'w') as f:
-        f.write(message)
+# In a process forked from this one (conftest.run_forked) that forgets the tiny module (not
+# imported, not on its path) and every source that persistence has seen, as a fresh process would.
+def _unpickle_forgetting(module_name, folder, net_path, io_path):
+    del sys.modules[module_name]
+    sys.path[:] = [p for p in sys.path if p != folder]
+    persistence._source_by_module.clear()
+    persistence._module_by_source.clear()
+    net = pickle.load(open(net_path, 'rb'))
+    ref = torch.load(io_path)
+    assert type(net).__module__.startswith('_imported_module_'), type(net).__module__
+    assert torch.equal(net(ref['x']), ref['y'])
+    assert net.init_args == (3,)
+    print('ok')
 
 def test_unpickle_without_the_module_execs_source(tiny, tmp_path):
     torch.manual_seed(1)
@@ -128,11 +120,9 @@ def test_unpickle_without_the_module_execs_source(tiny, tmp_path):
     with open(tmp_path / 'net.pkl', 'wb') as f:
         pickle.dump(net, f)
     torch.save(dict(x=x, y=net(x).detach()), tmp_path / 'io.pt')
-    proc = multiprocessing.get_context('fork').Process(target=_unpickle_forgetting, args=(tiny.__name__, str(tmp_path),
-        str(tmp_path / 'net.pkl'), str(tmp_path / 'io.pt'), str(tmp_path / 'result.txt')))
-    proc.start()
-    proc.join(timeout=120)
-    assert proc.exitcode == 0 and (tmp_path / 'result.txt').read_text() == 'ok', (tmp_path / 'result.txt').read_text()
+    res = run_forked(_unpickle_forgetting, (tiny.__name__, str(tmp_path), str(tmp_path / 'net.pkl'), str(tmp_path / 'io.pt')),
+        tmp_path / 'output.txt', timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == 'ok', res.stdout
 
 #----------------------------------------------------------------------------
 # A pickle written by hand in the released format loads with our package.

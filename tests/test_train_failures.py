@@ -10,9 +10,7 @@ import io
 import multiprocessing
 import os
 import signal
-import sys
 import time
-import traceback
 import zipfile
 
 import numpy as np
@@ -20,7 +18,7 @@ import PIL.Image
 import pytest
 
 import train
-from conftest import invoke_cli, read_stats
+from conftest import finish_forked, invoke_cli, read_stats, start_forked
 from edm_spectral.checkpoints import load_training_state
 from training import launch
 
@@ -28,32 +26,17 @@ from training import launch
 TINY = ['--device=cpu', '--cbase=8', '--cres=1', '--batch=4', '--duration=0.000008', '--tick=1', '--seed=1', '--workers=2']
 
 # train.main as click runs it from the command line (its exit code), in a process forked from
-# this one, its output in a file. As at the exit of a real train.py, no data worker may be left
+# this one (conftest.start_forked). As at the exit of a real train.py, no data worker may be left
 # alive (Python would wait for them there, and they ignore SIGTERM: a hang); one that is fails the
-# exit code. Returns the process (started) and the output file.
-def _train_main(args, output):
-    code = 1
-    with open(output, 'w', buffering=1) as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        sys.stdout = sys.stderr = f
-        try:
-            train.main(args, prog_name='train.py')
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else int(e.code is not None)
-        except BaseException:
-            traceback.print_exc()
+# exit code with 3.
+def _train_main(args):
+    try:
+        train.main(args, prog_name='train.py')
+    finally:
         alive = multiprocessing.active_children()
         if alive:
             print(f'data workers left alive at the exit: {alive}')
-            code = 3
-        f.flush()
-    os._exit(code)
-
-def start_train(args, output):
-    proc = multiprocessing.get_context('fork').Process(target=_train_main, args=(args, str(output)))
-    proc.start()
-    return proc
+            raise SystemExit(3)
 
 def _png(pixels):
     buffer = io.BytesIO()
@@ -199,21 +182,18 @@ def test_resume_continues_to_a_fractional_duration(inputs, tmp_path):
 
 def test_sigterm_between_ticks_replaces_nothing(inputs, tmp_path):
     outdir, output = tmp_path / 'runs', tmp_path / 'output.txt'
-    proc = start_train([f'--outdir={outdir}', f'--data={inputs["small"]}'] + TINY + [
-        '--batch=100', '--duration=10', '--tick=1', '--snap=1', '--dump=1', '--workers=1'], output)
+    proc = start_forked(_train_main, [[f'--outdir={outdir}', f'--data={inputs["small"]}'] + TINY + [
+        '--batch=100', '--duration=10', '--tick=1', '--snap=1', '--dump=1', '--workers=1']], output)
     try:
         deadline = time.time() + 120 # wait for tick 1's state (a generous bound, not a timing assertion)
         while not glob.glob(str(outdir / '*' / 'training-state-000001.pt')) and proc.is_alive() and time.time() < deadline:
             time.sleep(0.05)
         assert proc.is_alive(), output.read_text()
         os.kill(proc.pid, signal.SIGTERM)
-        proc.join(timeout=120)
     finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    output = output.read_text()
-    assert proc.exitcode == 0 and 'Stopping early on request' in output and 'Exiting...' in output, output
+        result = finish_forked(proc, output, timeout=120)
+    output = result.stdout
+    assert result.returncode == 0 and 'Stopping early on request' in output and 'Exiting...' in output, output
     run_dir, = glob.glob(str(outdir / '*'))
     assert load_training_state(os.path.join(run_dir, 'training-state-000001.pt'))['cur_nimg'] == 1100 # tick 1: 100 + 1000 images
     last = sorted(glob.glob(os.path.join(run_dir, 'training-state-*.pt')), key=os.path.getmtime)[-1]
