@@ -246,9 +246,13 @@ def run_torchrun(*args, cwd=REPO, timeout=300, fails=False):
     args = [str(a) for a in args]
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *args]
     proc = subprocess.run(cmd, cwd=str(cwd), env=child_env(), capture_output=True, text=True, timeout=timeout)
-    assert (proc.returncode != 0) == fails, (f'torchrun {" ".join(args)} exited with {proc.returncode}\n'
-        f'--- stdout ---\n{_tail(proc.stdout)}\n--- stderr ---\n{_tail(proc.stderr)}')
+    _assert_exit(proc, fails, f'torchrun {" ".join(args)}')
     return proc
+
+# A zero exit code (with fails=True: a non-zero one), showing the output otherwise.
+def _assert_exit(proc, fails, what):
+    assert (proc.returncode != 0) == fails, (f'{what} exited with {proc.returncode}\n'
+        f'--- stdout ---\n{_tail(proc.stdout)}\n--- stderr ---\n{_tail(proc.stderr)}')
 
 @pytest.fixture(scope='session')
 def torchrun():
@@ -313,8 +317,7 @@ def run_commands(commands, root, timeout=300, fails=False, torchrun=True, cwd=RE
     else:
         proc = subprocess.run([sys.executable, driver, os.path.join(str(root), 'commands.json')], cwd=str(cwd),
             env=env or child_env(), capture_output=True, text=True, timeout=timeout)
-        assert (proc.returncode != 0) == fails, (f'{commands} exited with {proc.returncode}\n'
-            f'--- stdout ---\n{_tail(proc.stdout)}\n--- stderr ---\n{_tail(proc.stderr)}')
+        _assert_exit(proc, fails, str(commands))
     split = lambda text: [part.split('\n', 1)[1] if '\n' in part else '' for part in text.split('@@@ command ')[1:]]
     return proc, list(zip(split(proc.stdout), split(proc.stderr)))
 
